@@ -1,0 +1,160 @@
+"""Training classifiers of the model zoo (natural training).
+
+Minimises the mean cross-entropy (1/N) sum_i CE(f(x_i), y_i) with Adam (lr 1e-3, the
+default of Kingma & Ba 2015) over shuffled mini-batches, with a cosine learning-rate decay to
+zero over the run. Deterministic for a given seed on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from attrbound import data, models
+from attrbound.errors import AttrboundError
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
+    """Fraction of images [N, ...] whose argmax logit equals labels [N]."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            pred = model(images[i : i + batch_size]).argmax(dim=1)
+            correct += int((pred == labels[i : i + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(1, len(images))
+
+
+def train(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    epochs: float = 3,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """Natural training of ``model`` on images [N, C, H, W] and labels [N]; returns it.
+
+    ``epochs`` may be fractional (e.g. 0.5 = half a pass). Adam with cosine decay of the
+    learning rate from ``lr`` to 0. Runs on the model's device; a tqdm bar shows the loss.
+    """
+    if epochs <= 0 or batch_size < 1 or lr <= 0:
+        raise AttrboundError("epochs, batch_size and lr must all be positive.")
+    if len(images) != len(labels):
+        raise AttrboundError(f"{len(images)} images but {len(labels)} labels.")
+    device = next(model.parameters()).device
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = math.ceil(len(images) / batch_size)
+    total = max(1, round(epochs * per_epoch))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+    step = 0
+    while step < total:
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(images), batch_size):
+            if step >= total:
+                break
+            idx = order[i : i + batch_size]
+            xb, yb = images[idx].to(device), labels[idx].to(device)
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return models.freeze(model)
+
+
+def train_and_save(
+    out: str | os.PathLike,
+    *,
+    dataset: str = "mnist",
+    arch: str = "cnn",
+    activation: str = "softplus",
+    beta: float = 10.0,
+    epochs: float = 3,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build, train on ``dataset`` (bundled subset, or full files under ``root``), evaluate on
+    its test split, and save a checkpoint at ``out``. Returns (model, config)."""
+    x_train, y_train = data.load(dataset, "train", root=root)
+    x_test, y_test = data.load(dataset, "test", root=root)
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    torch.manual_seed(seed)
+    config: dict[str, Any] = {
+        "arch": arch,
+        "activation": activation,
+        "beta": beta,
+        "input_shape": list(x_train.shape[1:]),
+        "classes": classes,
+        "dataset": dataset,
+    }
+    model = models.build(config)
+    start = time.perf_counter()
+    train(model, x_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+          progress=progress)
+    seconds = time.perf_counter() - start
+    config.update(
+        {
+            "mode": "natural",
+            "data": "bundled subset" if root is None else "full files",
+            "train_size": len(x_train),
+            "epochs": epochs,
+            "train_seconds": round(seconds, 1),
+            "test_accuracy": accuracy(model, x_test, y_test),
+            "test_size": len(x_test),
+            "training_command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        }
+    )
+    models.save(model, out, config)
+    model.config = config  # type: ignore[assignment]
+    return model, config
+
+
+DEFAULT_MODEL = Path("runs") / "models" / "mnist-cnn-softplus.safetensors"
+
+
+def default_model(
+    path: str | os.PathLike = DEFAULT_MODEL, progress: bool = True
+) -> tuple[nn.Module, Path]:
+    """The demo's default model: a softplus CNN on bundled MNIST, reused from ``path`` if it
+    is a valid checkpoint there, else trained (3 epochs, about a minute on 2 CPU cores)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            return models.load(path), path
+        except AttrboundError as exc:
+            print(f"retraining: {exc}", file=sys.stderr)
+    model, _ = train_and_save(path, progress=progress,
+                              command=f"attrbound train --dataset mnist --out {path}")
+    return models.freeze(model), path
