@@ -26,20 +26,23 @@ COMMANDS = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    """The full argument parser (sub-commands imported on demand)."""
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that sub-command's module is imported."""
     p = argparse.ArgumentParser(prog="attrbound", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"attrbound {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_ in COMMANDS.items():
-        module = importlib.import_module(f"attrbound.cli.{name}")
-        module.add_arguments(sub.add_parser(name, help=help_, description=help_))
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if only is None or name == only:
+            importlib.import_module(f"attrbound.cli.{name}").add_arguments(sp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 for a user error)."""
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = parser(chosen if chosen in COMMANDS else None).parse_args(argv)
     module = importlib.import_module(f"attrbound.cli.{args.command}")
     try:
         return int(module.run(args) or 0)
