@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def test_uncompressed_idx_and_bad_files(tmp_path):
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", imgs, gz=False)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(5), gz=False)
     x, y = data.load("mnist", root=tmp_path)
-    assert torch.equal(y, torch.arange(5)) and torch.allclose(x[:, 0] * 255, torch.tensor(imgs,
-                                                                               dtype=torch.float32))
+    assert torch.equal(y, torch.arange(5)) and torch.allclose(
+        x[:, 0] * 255, torch.tensor(imgs, dtype=torch.float32)
+    )
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(4), gz=False)
     with pytest.raises(AttrboundError, match="5 images but .* 4 labels"):
         data.load("mnist", root=tmp_path)
@@ -121,4 +123,193 @@ def test_cifar_binary_batches(tmp_path):
     assert y.tolist() == [0, 3, 5, 9] and bool((x == 1).all())
     (tmp_path / "test_batch.bin").write_bytes(rec.tobytes()[:-1])
     with pytest.raises(AttrboundError, match="multiple of 3073"):
+        data.load("cifar10", root=tmp_path)
+
+
+# --- names, splits, describe ----------------------------------------------------------------
+
+
+def test_names_aliases_and_describe():
+    assert data.NAMES == ("mnist", "fashion-mnist", "cifar10")
+    for alias in ("MNIST", " mnist "):
+        assert data.canonical_name(alias) == "mnist"
+    for alias in ("fashion_mnist", "FMNIST", "Fashion-MNIST"):
+        assert data.canonical_name(alias) == "fashion-mnist"
+    x, y = data.load("FMNIST", "Test")
+    assert x.shape == (2000, 1, 28, 28)
+    assert torch.equal(y, data.load("fashion-mnist")[1])
+    text = data.describe("fashion_mnist")
+    assert "10000 train" in text and "2000 test" in text and "MIT" in text
+    assert "CC BY-SA 3.0" in data.describe("mnist") and "20 test" in data.describe("cifar10")
+    with pytest.raises(AttrboundError, match="mnist, fashion-mnist, cifar10"):
+        data.describe("svhn")
+
+
+def test_bundle_is_small_and_documented():
+    files = [f for f in data.BUNDLED.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 15_000_000
+    assert (data.BUNDLED / "README.md").is_file()
+    assert "Zalando" in (data.BUNDLED / "fashion-mnist" / "COPYRIGHT").read_text()
+    # bundled arrays are writable copies (no read-only numpy buffer behind the tensor)
+    x, y = data.load("mnist")
+    x[0, 0, 0, 0] = 0.5
+    y[0] = 1
+
+
+# --- the bundle is exactly what benchmarks/make_bundled_data.py writes -----------------------
+
+
+def _make_script():
+    spec = importlib.util.spec_from_file_location(
+        "make_bundled_data",
+        Path(__file__).resolve().parents[1] / "benchmarks" / "make_bundled_data.py",
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_shared
+def test_bundle_bytes_are_reproducible(tmp_path):
+    pytest.importorskip("PIL")
+    script = _make_script()
+    for name in ("mnist", "fashion-mnist"):
+        for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte"):
+            n = 2000 if stem.startswith("t10k") else 10_000
+            script.write_idx(tmp_path / stem, data.read_idx(SHARED / name / f"{stem}.gz")[:n])
+            bundled = (data.BUNDLED / name / f"{stem}.gz").read_bytes()
+            assert (tmp_path / stem).read_bytes() == bundled, (name, stem)
+    records = script.cifar_records(SHARED / "cifar10-samples")
+    assert records == (data.BUNDLED / "cifar10" / "test_batch.bin").read_bytes()
+
+
+@needs_shared
+@pytest.mark.slow
+def test_whole_bundle_regenerates_identically(tmp_path):
+    pytest.importorskip("PIL")
+    _make_script().main(SHARED, tmp_path)
+    for f in data.BUNDLED.rglob("*"):
+        if f.is_file() and f.name != "README.md":
+            assert (tmp_path / f.relative_to(data.BUNDLED)).read_bytes() == f.read_bytes(), f
+
+
+# --- full files: layouts and naming variants --------------------------------------------------
+
+
+def test_idx_layouts_and_names(tmp_path):
+    imgs = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
+    for layout, dotted in (("", True), ("mnist", False), ("MNIST/raw", True)):
+        folder = tmp_path / layout.replace("/", "_") / layout if layout else tmp_path / "flat"
+        folder.mkdir(parents=True)
+        sep = "." if dotted else "-"
+        _write_idx(folder / f"train-images{sep}idx3-ubyte.gz", imgs)
+        _write_idx(folder / f"train-labels{sep}idx1-ubyte.gz", np.array([4, 0, 9]))
+        root = folder if not layout else tmp_path / layout.replace("/", "_")
+        x, y = data.load("mnist", "train", root=str(root))
+        assert y.tolist() == [4, 0, 9] and x.shape == (3, 1, 28, 28)
+        assert torch.equal((x[:, 0] * 255).round().to(torch.int64), torch.tensor(imgs))
+
+
+def test_idx_bad_labels_and_corrupt_gzip(tmp_path):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((2, 28, 28)))
+    with pytest.raises(AttrboundError, match="no test labels"):
+        data.load("mnist", root=tmp_path)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([3, 12]))
+    with pytest.raises(AttrboundError, match="labels up to 12; expected 0..9"):
+        data.load("mnist", root=tmp_path)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros((2, 2)))
+    with pytest.raises(AttrboundError, match=r"expected images \[N, H, W\] and labels \[N\]"):
+        data.load("mnist", root=tmp_path)
+    good = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 1, 2]))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(good[:12] + b"\xff" * 8 + good[20:])
+    with pytest.raises(AttrboundError, match="t10k-labels-idx1-ubyte.gz"):
+        data.load("mnist", root=tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(good[:-6])  # cut inside the gzip
+    with pytest.raises(AttrboundError, match="cannot read"):
+        data.load("mnist", root=tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0])))
+    with pytest.raises(AttrboundError, match="truncated inside its IDX header"):
+        data.load("mnist", root=tmp_path)
+    with pytest.raises(AttrboundError, match="bad magic"):
+        data.read_idx(_write_raw(tmp_path / "x", b"PK\x03\x04 not idx"))
+
+
+def _write_raw(path, raw):
+    path.write_bytes(raw)
+    return path
+
+
+# --- CIFAR-10 readers -------------------------------------------------------------------------
+
+
+def test_cifar_binary_train_batches_in_subfolder(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for i in range(1, 6):
+        rec = np.full((2, 3073), i, np.uint8)
+        rec[:, 0] = [i, 9 - i]
+        (folder / f"data_batch_{i}.bin").write_bytes(rec.tobytes())
+    x, y = data.load("cifar10", "train", root=tmp_path)
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == [1, 8, 2, 7, 3, 6, 4, 5, 5, 4]
+    assert torch.allclose(x[2], torch.full((3, 32, 32), 2 / 255))
+    with pytest.raises(AttrboundError, match="no CIFAR-10 test batches"):
+        data.load("cifar10", "test", root=tmp_path)
+    rec = np.zeros((1, 3073), np.uint8)
+    rec[0, 0] = 10
+    (folder / "data_batch_3.bin").write_bytes(rec.tobytes())
+    with pytest.raises(AttrboundError, match="expected 0..9"):
+        data.load("cifar10", "train", root=tmp_path)
+
+
+def test_cifar_binary_channel_order(tmp_path):
+    rec = np.zeros(3073, np.uint8)
+    rec[0] = 2
+    rec[1 : 1 + 1024] = 10  # R plane
+    rec[1 + 1024 + 5] = 20  # G plane, row 0, column 5
+    rec[1 + 2048 + 32 * 3 + 1] = 30  # B plane, row 3, column 1
+    (tmp_path / "test_batch.bin").write_bytes(rec.tobytes())
+    x, y = data.load("cifar10", root=tmp_path)
+    u8 = (x[0] * 255).round().to(torch.int64)
+    assert y.tolist() == [2] and bool((u8[0] == 10).all())
+    assert u8[1, 0, 5] == 20 and u8[1].sum() == 20 and u8[2, 3, 1] == 30 and u8[2].sum() == 30
+
+
+def test_cifar_python_numpy1_pickle_and_bad_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    pixels = np.arange(2 * 3072).reshape(2, 3072).astype(np.uint8)
+    raw = pickle.dumps({b"data": pixels, b"labels": [0, 5]}, protocol=2)
+    # as written by numpy 1.x (and in the published CIFAR-10 python batches)
+    (folder / "test_batch").write_bytes(raw.replace(b"numpy._core.", b"numpy.core."))
+    x, y = data.load("cifar10", root=tmp_path)
+    assert y.tolist() == [0, 5] and torch.equal(
+        (x.reshape(2, -1) * 255).round().to(torch.uint8), torch.from_numpy(pixels)
+    )
+    bad = [
+        ({b"data": pixels, b"labels": [0, 5, 1]}, "labels of shape"),
+        ({b"data": pixels.astype(np.int64), b"labels": [0, 5]}, "expected uint8 data"),
+        ({b"data": pixels[:, :100], b"labels": [0, 5]}, "expected uint8 data"),
+        ({b"labels": [0, 5]}, "expected a dict"),
+        ([pixels], "expected a dict"),
+        ({b"data": pixels, b"labels": [0, 11]}, "expected 0..9"),
+    ]
+    for obj, msg in bad:
+        (folder / "test_batch").write_bytes(pickle.dumps(obj, protocol=2))
+        with pytest.raises(AttrboundError, match=msg):
+            data.load("cifar10", root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"cbuiltins\neval\n(S'1+1'\ntR.",  # protocol 0: builtins.eval("1+1")
+        b"cposix\nsystem\n(S'true'\ntR.",
+        b"c__builtin__\nexec\n(S'x=1'\ntR.",
+        b"cnumpy\nload\n(S'x'\ntR.",  # a numpy function outside the allowed list
+        b"not a pickle at all",
+    ],
+)
+def test_cifar_python_refuses_foreign_pickles(tmp_path, payload):
+    (tmp_path / "test_batch").write_bytes(payload)
+    with pytest.raises(AttrboundError, match="not a CIFAR-10 python batch"):
         data.load("cifar10", root=tmp_path)
