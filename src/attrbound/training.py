@@ -1,8 +1,12 @@
-"""Training classifiers of the model zoo (natural training).
+"""Training classifiers of the model zoo: natural and robust objectives.
 
-Minimises the mean cross-entropy (1/N) sum_i CE(f(x_i), y_i) with Adam (lr 1e-3, the
-default of Kingma & Ba 2015) over shuffled mini-batches, with a cosine learning-rate decay to
-zero over the run. Deterministic for a given seed on the CPU.
+Minimises mean_b loss(f, x_b, y_b) with Adam (lr 1e-3, the default of Kingma & Ba 2015) over
+shuffled mini-batches, with a cosine learning-rate decay to zero over the run. ``mode`` picks
+the objective (:mod:`attrbound.objectives`): ``natural`` (cross-entropy), ``pgd_at`` (Madry et
+al. 2018), ``trades`` (Zhang et al. 2019), ``ig_norm`` (Chen et al. 2019), ``grad_norm``
+(double backprop, Ross & Doshi-Velez 2018) or ``curvature`` (CURE, Moosavi-Dezfooli et al.
+2019); each mode's options and defaults are in :func:`attrbound.objectives.defaults`.
+Deterministic for a given seed on the CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from attrbound import data, models
+from attrbound import data, models, objectives
 from attrbound.errors import AttrboundError
 
 
@@ -46,12 +50,20 @@ def train(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    mode: str = "natural",
+    options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Natural training of ``model`` on images [N, C, H, W] and labels [N]; returns it.
+    """Train ``model`` on images [N, C, H, W] in [0, 1] and labels [N]; returns it frozen.
 
-    ``epochs`` may be fractional (e.g. 0.5 = half a pass). Adam with cosine decay of the
-    learning rate from ``lr`` to 0. Runs on the model's device; a tqdm bar shows the loss.
+    ``mode``: the objective (default "natural"; see :data:`attrbound.objectives.MODES`) and
+    ``options`` its settings, e.g. ``{"eps": 0.1, "norm": "inf", "steps": 10}`` (None: the
+    mode's defaults, :func:`attrbound.objectives.defaults`; an option the mode does not take
+    raises AttrboundError). ``epochs`` may be fractional (e.g. 0.5 = half a pass); batches of
+    ``batch_size`` (default 64); Adam with cosine decay of the learning rate from ``lr``
+    (default 1e-3) to 0. Runs on the model's device; a tqdm bar shows the loss and its terms.
+    Random starts of the inner maximisations come from a CPU generator seeded with ``seed``.
     """
+    loss_fn = objectives.objective(mode, options)
     if epochs <= 0 or batch_size < 1 or lr <= 0:
         raise AttrboundError("epochs, batch_size and lr must all be positive.")
     if len(images) != len(labels):
@@ -67,8 +79,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
-    loss_fn = nn.CrossEntropyLoss()
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=f"train {mode}", unit="step", disable=not progress, leave=False)
     step = 0
     while step < total:
         order = torch.randperm(len(images), generator=gen)
@@ -77,15 +88,15 @@ def train(
                 break
             idx = order[i : i + batch_size]
             xb, yb = images[idx].to(device), labels[idx].to(device)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(model, xb, yb, gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.value.backward()
             opt.step()
             sched.step()
             step += 1
             bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % 20 == 0 or step == total:
+                bar.set_postfix({k: f"{float(v):.4g}" for k, v in loss.terms.items()})
     bar.close()
     return models.freeze(model)
 
@@ -104,9 +115,15 @@ def train_and_save(
     root: str | os.PathLike | None = None,
     progress: bool = True,
     command: str | None = None,
+    mode: str = "natural",
+    options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build, train on ``dataset`` (bundled subset, or full files under ``root``), evaluate on
-    its test split, and save a checkpoint at ``out``. Returns (model, config)."""
+    its test split, and save a checkpoint at ``out``. Returns (model, config).
+
+    ``mode`` and ``options`` choose the objective as in :func:`train`; the config records the
+    mode, its resolved options, the training time and the test accuracy."""
+    mode_options = objectives.resolve(mode, options)
     x_train, y_train = data.load(dataset, "train", root=root)
     x_test, y_test = data.load(dataset, "test", root=root)
     classes = int(max(y_train.max(), y_test.max())) + 1
@@ -122,11 +139,12 @@ def train_and_save(
     model = models.build(config)
     start = time.perf_counter()
     train(model, x_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-          progress=progress)
+          progress=progress, mode=mode, options=mode_options)
     seconds = time.perf_counter() - start
     config.update(
         {
-            "mode": "natural",
+            "mode": mode,
+            "mode_options": mode_options,
             "data": "bundled subset" if root is None else "full files",
             "train_size": len(x_train),
             "epochs": epochs,

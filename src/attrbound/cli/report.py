@@ -1,0 +1,26 @@
+"""`attrbound report`: an offline HTML report (summary table, plots, gallery) from the rows of
+`attrbound evaluate`.
+
+Example::
+
+    attrbound report runs/rows.jsonl --out runs/report    # writes runs/report/report.html
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rows", help="JSON-lines rows file written by attrbound evaluate")
+    p.add_argument("--out", required=True, help="output folder (report.html and PNG files)")
+    p.add_argument("--worst", type=int, default=8,
+                   help="inputs in the gallery of worst cases (default 8; 0: no gallery)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from attrbound.report import write_report
+
+    page = write_report(args.rows, args.out, worst=args.worst)
+    print(f"report: {page}")
+    return 0

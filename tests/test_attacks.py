@@ -1,0 +1,394 @@
+"""Attribution attacks against closed forms, brute force, and their stated guarantees."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import attrbound
+from attrbound import metrics, models
+from attrbound.attacks import METHODS, AttackResult, attack, default_k
+from attrbound.attributions import attribution
+from attrbound.errors import AttrboundError
+from attrbound.norms import batch_norm
+
+
+class Quadratic(nn.Module):
+    """Logit 0: f(x) = 1/2 x^T Q x + b^T x (saliency Q x + b, J = Q); logit 1: -1e6.
+
+    The label is 0 everywhere, so the worst case of ||A(x + delta) - A(x)|| = ||Q delta|| is
+    eps * sigma_max(Q) over the l2 ball and eps * max_{s in {-1,1}^d} ||Q s|| over the l-inf
+    ball (a convex function is maximal at a vertex).
+    """
+
+    def __init__(self, q: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.q, self.b = q, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = 0.5 * ((x @ self.q) * x).sum(dim=1) + x @ self.b
+        return torch.stack([f, torch.full_like(f, -1e6)], dim=1)
+
+
+def _quadratic(d: int, seed: int, batch: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(d, d, generator=g, dtype=torch.float64)
+    q = (m + m.T) / 2
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    x = torch.randn(batch, d, generator=g, dtype=torch.float64)
+    return Quadratic(q, b).eval(), q, x
+
+
+def _check_guarantees(model, x, res: AttackResult, eps, norm, domain=(0.0, 1.0), slack=1e-6):
+    """The documented guarantees, checked independently of the attack's own bookkeeping."""
+    delta = res.x_adv - x
+    assert (batch_norm(delta.double(), norm) <= eps + slack).all()
+    if domain is not None:
+        assert (res.x_adv >= domain[0]).all() and (res.x_adv <= domain[1]).all()
+    with torch.no_grad():
+        assert torch.equal(model(res.x_adv).argmax(1), model(x).argmax(1))
+    assert res.label_kept.all()
+    not_found = ~res.found
+    assert torch.equal(res.x_adv[not_found], x[not_found])
+    assert (res.euclidean[not_found] == 0).all()
+    assert (res.topk_intersection[not_found] == 1).all()
+    assert torch.allclose(res.cosine[not_found], torch.ones_like(res.cosine[not_found]))
+    assert res.points.shape[0] == x.shape[0] and res.points.shape[2:] == x.shape[1:]
+    pts = res.points.transpose(0, 1)  # [P, B, *S]
+    for p in pts:
+        assert (batch_norm((p - x).double(), norm) <= eps + slack).all()
+        if domain is not None:
+            assert (p >= domain[0]).all() and (p <= domain[1]).all()
+
+
+def _recomputed(model, name, x, x_adv, k):
+    """Deviations recomputed from scratch on the real model (independent of attack())."""
+    a_fn = attribution(name, model)
+    a, b = a_fn(x), a_fn(x_adv, target=model(x).argmax(1))
+    return metrics.euclidean(b, a), metrics.cosine(b, a), metrics.topk_intersection(b, a, k)
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pgd_l2_reaches_top_singular_value(seed):
+    model, q, x = _quadratic(10, seed)
+    eps = 0.3
+    worst = eps * torch.linalg.svdvals(q)[0]
+    # step size eps: each normalised step is a projected power-iteration step on the sphere
+    res = attack(model, x, eps=eps, norm=2, domain=None, steps=50, step_size=eps, restarts=2)
+    assert (res.euclidean >= 0.99 * worst).all(), res.euclidean / worst
+    assert (res.euclidean <= worst * (1 + 1e-9)).all()
+    # the reported deviation is A(x_adv) - A(x) = Q delta, exactly
+    expect = ((res.x_adv - x) @ q).norm(dim=1)
+    torch.testing.assert_close(res.euclidean, expect, rtol=1e-10, atol=1e-12)
+    _check_guarantees(model, x, res, eps, "2", domain=None)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_pgd_linf_reaches_enumerated_optimum(seed):
+    d, eps = 10, 0.3
+    model, q, x = _quadratic(d, seed)
+    signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=d)), dtype=torch.float64)
+    worst = eps * (signs @ q).norm(dim=1).max()
+    res = attack(model, x, eps=eps, norm="inf", domain=None, steps=30, restarts=64)
+    torch.testing.assert_close(res.euclidean, worst.expand(4), rtol=1e-9, atol=0)
+    _check_guarantees(model, x, res, eps, "inf", domain=None)
+
+
+def test_pgd_cosine_reaches_brute_force_minimum():
+    # d = 2: the image {a + Q delta} of the disc is an ellipse; the smallest cosine with a is
+    # attained on its boundary, enumerated finely here
+    model, q, x = _quadratic(2, 5, batch=3)
+    eps = 0.8
+    a = x @ q + model.b
+    theta = torch.linspace(0, 2 * math.pi, 200_001, dtype=torch.float64)
+    circle = torch.stack([theta.cos(), theta.sin()], dim=1) * eps  # [T, 2]
+    moved = a[:, None, :] + (circle @ q)[None]  # [B, T, 2]
+    cos = (moved * a[:, None, :]).sum(-1) / (moved.norm(dim=-1) * a.norm(dim=-1, keepdim=True))
+    best = cos.min(dim=1).values
+    res = attack(model, x, eps=eps, norm=2, domain=None, objective="cosine", steps=60,
+                 step_size=eps / 4, restarts=4)
+    assert (res.cosine <= best + 1e-4).all(), (res.cosine, best)
+    assert (res.cosine >= best - 1e-9).all()
+    assert res.objective == "cosine"
+
+
+class _Tripwire(nn.Module):
+    """Quadratic logit 0; logit 1 overtakes it as soon as z moves 1e-6 away from an anchor."""
+
+    def __init__(self, base: Quadratic, anchors: torch.Tensor) -> None:
+        super().__init__()
+        self.base, self.anchors = base, anchors
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.base(z)
+        dist2 = (z[:, None, :] - self.anchors[None]).pow(2).sum(-1).min(dim=1).values
+        return torch.stack([out[:, 0], out[:, 0] + 1e6 * (dist2 - 1e-12)], dim=1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_valid_point_returns_x_itself(method):
+    base, _, x = _quadratic(6, 3, batch=3)
+    model = _Tripwire(base, x.clone()).eval()
+    res = attack(model, x, eps=0.1, norm="inf", domain=None, method=method, steps=5, n=20,
+                 restarts=2, k=3)
+    assert not res.found.any()
+    assert torch.equal(res.x_adv, x)
+    assert torch.equal(res.euclidean, torch.zeros(3, dtype=x.dtype))
+    assert torch.equal(res.cosine, torch.ones(3, dtype=x.dtype))
+    assert torch.equal(res.topk_intersection, torch.ones(3, dtype=x.dtype))
+    torch.testing.assert_close(res.kendall, torch.ones(3, dtype=x.dtype))
+    torch.testing.assert_close(res.spearman, torch.ones(3, dtype=x.dtype))
+    assert res.label_kept.all()
+
+
+class _HalfSpace(nn.Module):
+    """Quadratic logit 0; class 1 wins on the half-space w . (z - anchor) > 0."""
+
+    def __init__(self, base: Quadratic, anchors: torch.Tensor, w: torch.Tensor) -> None:
+        super().__init__()
+        self.base, self.anchors, self.w = base, anchors, w
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.base(z)
+        # nearest anchor: the inputs are far apart relative to eps
+        dist2 = (z[:, None, :] - self.anchors[None]).pow(2).sum(-1)
+        near = self.anchors[dist2.argmin(dim=1)]
+        return torch.stack([out[:, 0], out[:, 0] + 1e3 * ((z - near) @ self.w)], dim=1)
+
+
+def test_label_constraint_respected_and_worst_case_still_found():
+    # the l2 worst case is +-eps v (v the top singular vector): one of the two keeps the label
+    base, q, x = _quadratic(8, 4, batch=4)
+    x = x * 10  # anchors far apart relative to eps
+    w = torch.randn(8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    model = _HalfSpace(base, x.clone(), w).eval()
+    eps = 0.3
+    res = attack(model, x, eps=eps, norm=2, domain=None, steps=50, step_size=eps, restarts=4)
+    assert ((res.x_adv - x) @ w <= 0).all()
+    _check_guarantees(model, x, res, eps, "2", domain=None)
+    worst = eps * torch.linalg.svdvals(q)[0]
+    assert (res.euclidean >= 0.99 * worst).all()
+
+
+# --------------------------------------------------------------------------- ReLU models
+
+
+def _relu_mlp():
+    torch.manual_seed(0)
+    model = models.freeze(models.mlp((1, 4, 4), 3, hidden=(16,), activation_name="relu"))
+    return model.double(), torch.rand(5, 1, 4, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["pgd", "ifia_topk", "ifia_center"])
+def test_relu_model_needs_a_surrogate(method):
+    model, x = _relu_mlp()
+    with pytest.raises(AttrboundError, match="surrogate_beta"):
+        attack(model, x, eps=0.1, norm="inf", method=method)
+
+
+def test_relu_model_with_surrogate_reports_real_deviations():
+    model, x = _relu_mlp()
+    res = attack(model, x, eps=0.3, norm="inf", attribution="input_x_gradient",
+                 surrogate_beta=10.0, steps=10, restarts=3, k=4)
+    assert res.surrogate_beta == 10.0
+    assert res.found.any()
+    _check_guarantees(model, x, res, 0.3, "inf")
+    a_fn = attribution("input_x_gradient", model)
+    a, b = a_fn(x), a_fn(res.x_adv, target=model(x).argmax(1))
+    torch.testing.assert_close(res.euclidean, metrics.euclidean(b, a))
+    # the surrogate's maps differ from the real ones: the figures are not the surrogate's
+    s_fn = attribution("input_x_gradient", models.smooth_surrogate(model, 10.0))
+    surrogate_dev = metrics.euclidean(s_fn(res.x_adv, target=model(x).argmax(1)), s_fn(x))
+    assert not torch.allclose(res.euclidean, surrogate_dev)
+
+
+def test_random_runs_on_relu_model_without_surrogate():
+    model, x = _relu_mlp()
+    res = attack(model, x, eps=0.3, norm="2", method="random", n=50)
+    _check_guarantees(model, x, res, 0.3, "2")
+    assert res.runs == 5 and res.samples == 50 and res.points.shape[1] == 1
+
+
+# --------------------------------------------------------------------------- API behaviour
+
+
+def test_seeded_and_reproducible():
+    model, q, x = _quadratic(6, 1)
+    kw = dict(eps=0.2, norm="inf", domain=None, steps=4, restarts=3)
+    r1, r2 = attack(model, x, seed=3, **kw), attack(model, x, seed=3, **kw)
+    r3 = attack(model, x, seed=4, **kw)
+    assert torch.equal(r1.x_adv, r2.x_adv) and torch.equal(r1.points, r2.points)
+    assert not torch.equal(r1.points, r3.points)
+
+
+def test_chunked_batches_keep_guarantees():
+    model, q, x = _quadratic(6, 2, batch=7)
+    x = torch.sigmoid(x)  # inside [0, 1]
+    res = attack(model, x, eps=0.2, norm="2", steps=5, restarts=3, batch_size=6)
+    assert res.x_adv.shape == x.shape and res.runs == 21 and res.points.shape[1] == 3
+    _check_guarantees(model, x, res, 0.2, "2")
+    rnd = attack(model, x, eps=0.2, norm="2", method="random", n=9, batch_size=10)
+    _check_guarantees(model, x, rnd, 0.2, "2")
+
+
+def test_rows_are_plain_json():
+    model, _, x = _quadratic(6, 2, batch=3)
+    res = attrbound.attack(model, torch.sigmoid(x), eps=0.1, norm="inf", steps=3, k=2)
+    rows = res.to_rows()
+    assert len(rows) == 3
+    text = json.dumps(rows, allow_nan=False)
+    row = json.loads(text)[0]
+    for key in ("method", "objective", "attribution", "norm", "eps", "euclidean", "cosine",
+                "topk_intersection", "kendall", "spearman", "label_kept", "k", "runs"):
+        assert key in row
+    assert row["method"] == "pgd" and row["norm"] == "inf" and row["k"] == 2
+
+
+def test_default_k():
+    assert default_k((1, 28, 28)) == 100
+    assert default_k((3, 28, 28)) == 100  # pixels, not entries
+    assert default_k((1, 2, 2)) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(eps=0.0), "eps"),
+        (dict(eps=-1.0), "eps"),
+        (dict(method="fgsm"), "attack method"),
+        (dict(objective="l1"), "objective"),
+        (dict(norm="l1"), "norm"),
+        (dict(steps=0), "steps"),
+        (dict(restarts=0), "restarts"),
+        (dict(k=0), "k must"),
+        (dict(step_size=-0.1), "step_size"),
+        (dict(method="random", n=0), "samples"),
+    ],
+)
+def test_user_errors_raise_one_sentence(kwargs, match):
+    model, _, x = _quadratic(6, 0, batch=2)
+    args = dict(eps=0.1, norm="inf", domain=None) | kwargs
+    with pytest.raises(AttrboundError, match=match):
+        attack(model, x, **args)
+
+
+def test_bad_inputs_raise():
+    model, _, x = _quadratic(6, 0, batch=2)
+    with pytest.raises(AttrboundError, match="outside the domain"):
+        attack(model, x * 10, eps=0.1, norm="inf")
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(AttrboundError, match="NaN"):
+        attack(model, bad, eps=0.1, norm="inf", domain=None)
+
+
+# --------------------------------------------------------------------------- trained MNIST CNN
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_cnn):
+    model, images, _ = mnist_cnn
+    return model, images[:24]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("norm", "eps"), [("inf", 0.1), ("2", 1.0)])
+def test_guarantees_on_mnist(mnist, method, norm, eps):
+    model, x = mnist
+    res = attack(model, x, eps=eps, norm=norm, method=method, steps=5, restarts=2, n=12)
+    assert res.found.any()
+    _check_guarantees(model, x, res, eps, norm)
+    euclid, cos, topk = _recomputed(model, "saliency", x, res.x_adv, res.k)
+    torch.testing.assert_close(res.euclidean, euclid)
+    torch.testing.assert_close(res.cosine, cos)
+    torch.testing.assert_close(res.topk_intersection, topk)
+
+
+def test_integrated_gradients_attack_on_mnist(mnist):
+    model, x = mnist
+    x = x[:8]
+    opts = {"steps": 8}
+    res = attack(model, x, eps=0.1, norm="inf", attribution="integrated_gradients",
+                 attribution_options=opts, steps=4, restarts=2)
+    _check_guarantees(model, x, res, 0.1, "inf")
+    a_fn = attribution("integrated_gradients", model, **opts)
+    a, b = a_fn(x), a_fn(res.x_adv, target=model(x).argmax(1))
+    torch.testing.assert_close(res.euclidean, metrics.euclidean(b, a))
+    torch.testing.assert_close(res.kendall, metrics.kendall(b, a))
+    torch.testing.assert_close(res.spearman, metrics.spearman(b, a))
+    assert res.attribution_options["steps"] == 8 and res.to_rows()[0]["attribution_options"]
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("inf", 0.1), ("2", 1.0)])
+def test_pgd_beats_random_with_the_same_budget(mnist, norm, eps):
+    model, x = mnist
+    pgd = attack(model, x, eps=eps, norm=norm, steps=10, restarts=2)
+    rnd = attack(model, x, eps=eps, norm=norm, method="random", n=22)  # 2 x (10 + 1) points
+    either = pgd.found | rnd.found
+    wins = (pgd.euclidean > rnd.euclidean)[either].float().mean()
+    assert wins >= 0.8, wins
+    assert pgd.euclidean.mean() > 1.5 * rnd.euclidean.mean()
+
+
+def test_ifia_topk_lowers_the_topk_intersection(mnist):
+    model, x = mnist
+    res = attack(model, x, eps=0.3, norm="inf", method="ifia_topk", steps=20)
+    rnd = attack(model, x, eps=0.3, norm="inf", method="random", n=21)
+    assert res.objective == "topk_mass" and res.k == 100
+    assert res.topk_intersection.mean() < 0.9, res.topk_intersection
+    assert res.topk_intersection.mean() < rnd.topk_intersection.mean() - 0.05
+    assert (res.topk_intersection[res.found] < 1).float().mean() >= 0.8
+
+
+def test_ifia_center_moves_the_centre_of_mass(mnist):
+    from attrbound.attacks import IFIACenter
+
+    model, x = mnist
+    res = attack(model, x, eps=0.3, norm="inf", method="ifia_center", steps=20)
+    rnd = attack(model, x, eps=0.3, norm="inf", method="random", n=21)
+    a_fn = attribution("saliency", model)
+    target = model(x).argmax(1)
+    c0 = IFIACenter.centre(a_fn(x))
+
+    def shift(r):
+        return (IFIACenter.centre(a_fn(r.x_adv, target=target)) - c0).norm(dim=1)
+
+    # brute-force check of the centre on one map: sum_i m_i p_i / sum_i m_i
+    m = a_fn(x[:1]).abs()[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    want = torch.stack([(m * rows).sum(), (m * cols).sum()]) / m.sum()
+    torch.testing.assert_close(c0[0], want)
+    assert shift(res).mean() > 2 * shift(rnd).mean()
+    _check_guarantees(model, x, res, 0.3, "inf")
+
+
+def test_cli_attack_writes_rows(mnist_cnn, tmp_path, capsys):
+    import argparse
+
+    from attrbound.cli import attack as cli
+
+    model, _, _ = mnist_cnn
+    ckpt = models.save(model, tmp_path / "m.safetensors",
+                       {"arch": "cnn", "input_shape": [1, 28, 28], "channels": [8, 16],
+                        "hidden": 64, "dataset": "mnist"})
+    out = tmp_path / "rows.jsonl"
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args(["--model", str(ckpt), "--n", "5", "--eps", "0.05,0.1",
+                         "--method", "pgd,random", "--steps", "3", "--samples", "4",
+                         "--batch-size", "3", "--out", str(out), "--no-progress"])
+    assert cli.run(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 5
+    assert {r["index"] for r in rows} == set(range(5))
+    assert all(r["label_kept"] for r in rows)
+    table = capsys.readouterr().out
+    assert "pgd" in table and "random" in table and "wrote 20 rows" in table

@@ -1,0 +1,419 @@
+"""Practical bounds (taylor, region) against full Jacobians, enumeration and closed forms."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import resource
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import attrbound
+from attrbound import models
+from attrbound.attributions import attribution
+from attrbound.bounds import BoundResult, bound, cosine_from_euclidean
+from attrbound.errors import AttrboundError
+from attrbound.norms import batch_norm
+
+# ----------------------------------------------------------------------------------------
+# small smooth float64 models and their full Jacobians (the independent reference)
+# ----------------------------------------------------------------------------------------
+
+
+def _mlp(d: int = 10, seed: int = 0, act: str = "tanh") -> nn.Module:
+    torch.manual_seed(seed)
+    return models.freeze(models.mlp((d,), 3, hidden=(16,), activation_name=act).double())
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = models.cnn((1, 8, 8), 3, channels=(3,), hidden=8, activation_name="softplus", beta=2.0)
+    return models.freeze(m.double())
+
+
+def _inputs(shape: tuple[int, ...], b: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((b,) + shape, generator=g, dtype=torch.float64)
+
+
+def _full_jacobian(model, name, x, **opts) -> torch.Tensor:
+    """J_b = dA/dx at each x_b, [B, n, n], by torch.autograd.functional.jacobian."""
+    a = attribution(name, model, **opts)
+    target = model(x).argmax(dim=1)
+    n = x[0].numel()
+    mats = []
+    for i in range(x.shape[0]):
+
+        def one(z: torch.Tensor, i: int = i) -> torch.Tensor:
+            return a.attribute(z.reshape((1,) + x.shape[1:]), target[i : i + 1]).reshape(n)
+
+        mats.append(torch.autograd.functional.jacobian(one, x[i].reshape(n)))
+    return torch.stack(mats)
+
+
+def _exact_inf_to_two(j: torch.Tensor) -> torch.Tensor:
+    n = j.shape[-1]
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=n)), dtype=j.dtype)
+    return torch.einsum("bij,kj->bki", j, signs).norm(dim=2).amax(dim=1)
+
+
+ATTRS = [
+    ("saliency", {}),
+    ("input_x_gradient", {}),
+    ("integrated_gradients", {"steps": 8}),
+    ("smoothgrad", {"n": 4, "sigma": 0.05}),
+]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize(("name", "opts"), ATTRS, ids=[a for a, _ in ATTRS])
+def test_taylor_l2_is_eps_times_top_singular_value(kind, name, opts):
+    model = _mlp() if kind == "mlp" else _cnn()
+    x = _inputs((10,) if kind == "mlp" else (1, 8, 8))
+    eps = 0.05
+    res = bound(model, x, eps=eps, norm="l2", attribution=name, attribution_options=opts,
+                method="taylor")
+    j = _full_jacobian(model, name, x, **opts)
+    sigma = torch.linalg.svdvals(j)[:, 0]
+    assert torch.allclose(res.operator_norm, sigma, rtol=1e-4, atol=0)
+    assert torch.allclose(res.euclidean, eps * sigma, rtol=1e-4, atol=0)
+    assert res.converged.all()
+    a = attribution(name, model, **opts)(x)
+    assert torch.allclose(res.attr_norm, a.flatten(1).norm(dim=1))
+    assert torch.equal(res.cosine, cosine_from_euclidean(res.euclidean, res.attr_norm))
+    assert res.method == "taylor" and res.norm == "2" and res.attribution == name
+
+
+@pytest.mark.parametrize("name", ["saliency", "input_x_gradient"])
+def test_taylor_linf_brackets_the_enumerated_maximum(name):
+    d = 12
+    model, x = _mlp(d, seed=3), _inputs((d,), b=3, seed=4)
+    eps = 0.02
+    res = bound(model, x, eps=eps, norm=float("inf"), attribution=name, method="taylor")
+    j = _full_jacobian(model, name, x)
+    exact = _exact_inf_to_two(j)  # max over the 2^12 vertices of the cube of ||J s||_2
+    sigma = torch.linalg.svdvals(j)[:, 0]
+    assert (res.operator_norm >= exact * (1 - 1e-9)).all()
+    assert (res.operator_norm <= math.sqrt(d) * sigma * (1 + 1e-5)).all()
+    assert (res.lower <= exact * (1 + 1e-9)).all()
+    assert torch.allclose(res.euclidean, eps * res.operator_norm)
+    assert torch.allclose(res.extra["operator_norm_v0"], math.sqrt(d) * sigma, rtol=1e-5)
+    assert res.norm == "inf"
+
+
+def test_cosine_bound_against_brute_force_on_the_sphere():
+    g = torch.Generator().manual_seed(5)
+    a = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    an = a.norm()
+    dirs = torch.randn(400_000, 3, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    for frac in (0.1, 0.5, 0.9):
+        u = frac * an
+        pts = a + u * dirs
+        cos = (pts @ a[0]) / (pts.norm(dim=1) * an)
+        lb = cosine_from_euclidean(u.reshape(1), an.reshape(1))[0]
+        assert cos.min() >= lb - 1e-12
+        assert cos.min() <= lb + 1e-4  # the bound is attained on the sphere
+        inner = a + u * torch.rand(1000, 1, generator=g, dtype=torch.float64) * dirs[:1000]
+        assert ((inner @ a[0]) / (inner.norm(dim=1) * an) >= lb - 1e-12).all()
+    # U >= ||a||: the ball reaches past the origin, no guarantee
+    assert cosine_from_euclidean(an.reshape(1) * 1.01, an.reshape(1))[0] == -1
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+@pytest.mark.parametrize("name", ["saliency", "integrated_gradients"])
+def test_region_is_at_least_taylor(norm, name):
+    model, x = _cnn(seed=2), _inputs((1, 8, 8), b=3, seed=6)
+    eps = 0.1 if norm == "2" else 0.02
+    opts = {"steps": 4} if name == "integrated_gradients" else {}
+    kw = dict(eps=eps, norm=norm, attribution=name, attribution_options=opts, seed=3)
+    taylor = bound(model, x, method="taylor", **kw)
+    region = bound(model, x, method="region", random=4, ascent_steps=4, **kw)
+    assert torch.equal(region.extra["operator_norm_x"], taylor.operator_norm)
+    assert (region.operator_norm >= taylor.operator_norm).all()
+    assert (region.euclidean >= taylor.euclidean).all()
+    assert (region.cosine <= taylor.cosine).all()
+    assert len(region.source) == 3 and set(region.source) <= {"x", "random", "points", "ascent"}
+    # the argmax lies in the ball and the domain
+    assert (batch_norm(region.argmax - x, norm) <= eps * (1 + 1e-9)).all()
+    assert (region.argmax >= 0).all() and (region.argmax <= 1).all()
+    if norm == "inf":
+        assert (region.lower <= region.operator_norm).all()
+
+
+class Cubic(nn.Module):
+    """Logit 0: f(x) = sum_i c_i x_i^3 / 3, so saliency A(x) = c x^2 and J(x) = diag(2 c x);
+    logit 1: -1e6 (the label never changes). Strongly curved: the first-order term at x
+    misses the c_i delta_i^2 part of A(x + delta) - A(x) = c (2 x delta + delta^2)."""
+
+    def __init__(self, c: torch.Tensor) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = (self.c * x**3).sum(dim=1) / 3
+        return torch.stack([f, torch.full_like(f, -1e6)], dim=1)
+
+
+def _pgd(model, x, eps, norm, steps=40):
+    """A plain PGD on ||A(x + delta) - A(x)||_2 (saliency), written independently of attrbound:
+    autograd with create_graph for the second derivative, no domain (the ball only)."""
+
+    def saliency(z):
+        z = z.requires_grad_(True)
+        return torch.autograd.grad(model(z)[:, 0].sum(), z, create_graph=True)[0]
+
+    a0 = saliency(x.clone()).detach()
+    g = torch.Generator().manual_seed(0)
+    delta = (torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1) * eps * 0.1
+    alpha = 2.5 * eps / steps
+    best = torch.zeros(x.shape[0], dtype=x.dtype)
+    for _ in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        dev = (saliency(x + delta) - a0).norm(dim=1)
+        best = torch.maximum(best, dev.detach())
+        (grad,) = torch.autograd.grad(dev.sum(), delta)
+        if norm == "inf":
+            delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
+        else:
+            delta = delta + alpha * grad / grad.norm(dim=1, keepdim=True)
+            delta = delta * (eps / delta.norm(dim=1, keepdim=True)).clamp(max=1)
+    return torch.maximum(best, (saliency(x + delta.detach()) - a0).norm(dim=1).detach())
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_region_catches_what_taylor_misses(norm):
+    d = 8
+    c = torch.linspace(1.0, 3.0, d, dtype=torch.float64) * torch.tensor([1, -1] * 4)
+    model = Cubic(c).eval()
+    x = torch.full((2, d), 0.1, dtype=torch.float64)
+    x[1] = torch.linspace(0.05, 0.2, d)
+    eps = 0.3
+    kw = dict(eps=eps, norm=norm, domain=None, seed=1)
+    taylor = bound(model, x, method="taylor", **kw)
+    region = bound(model, x, method="region", **kw)
+    attack = _pgd(model, x, eps, norm)
+    assert (attack > 1.2 * taylor.euclidean).all(), (attack, taylor.euclidean)  # taylor fails
+    assert (attack <= region.euclidean * (1 + 1e-9)).all(), (attack, region.euclidean)
+    # closed form of the sup of ||J(z)||_{p->2} = ||2 c z|| over the ball: region finds it
+    if norm == "2":  # 2 max_i |c_i| (x_i + eps), all of delta on one coordinate
+        sup = (2 * c.abs() * (x + eps)).amax(dim=1)
+    else:  # ||2 c (x + eps)||_2, every coordinate moved by eps
+        sup = (2 * c * (x + eps)).norm(dim=1)
+    assert torch.allclose(region.operator_norm, sup, rtol=1e-3)
+    assert (region.operator_norm <= sup * (1 + 1e-5)).all()
+
+
+def test_region_uses_the_callers_points():
+    d = 8
+    c = torch.linspace(1.0, 3.0, d, dtype=torch.float64)
+    model = Cubic(c).eval()
+    x = torch.full((2, d), 0.1, dtype=torch.float64)
+    eps = 0.3
+    best = x.clone()
+    best[:, -1] += eps  # the maximiser of ||J(z)||_2 = 2 max_i c_i z_i over the l2 ball
+    points = torch.stack([x + 0.01, best, x + 5.0], dim=1)  # [B, P=3, d]; the last is outside
+    res = bound(model, x, eps=eps, norm=2, method="region", domain=None, points=points,
+                random=0, ascent_steps=0)
+    assert res.source == ["points", "points"]
+    assert torch.allclose(res.argmax, best)
+    assert torch.allclose(res.operator_norm, 2 * c[-1] * (0.1 + eps) * torch.ones(2,
+                          dtype=torch.float64), rtol=1e-5)
+
+
+def test_batched_equals_one_by_one_and_chunks():
+    model, x = _cnn(seed=4), _inputs((1, 8, 8), b=4, seed=7)
+    kw = dict(eps=0.1, norm=2, attribution="integrated_gradients",
+              attribution_options={"steps": 4}, method="taylor")
+    full = bound(model, x, **kw)
+    single = torch.cat([bound(model, x[i : i + 1], **kw).operator_norm for i in range(4)])
+    chunked = bound(model, x, batch_size=3, **kw)
+    assert torch.allclose(full.operator_norm, single, rtol=1e-5)
+    assert torch.allclose(full.operator_norm, chunked.operator_norm, rtol=1e-5)
+
+
+def test_attribution_object_and_target():
+    model, x = _mlp(seed=5), _inputs((10,), b=2, seed=8)
+    a = attribution("integrated_gradients", model, steps=4)
+    res_obj = bound(model, x, eps=0.1, norm=2, attribution=a, method="taylor", target=1)
+    res_name = bound(model, x, eps=0.1, norm=2, attribution="integrated_gradients",
+                     attribution_options={"steps": 4}, method="taylor", target=1)
+    assert torch.allclose(res_obj.operator_norm, res_name.operator_norm, rtol=1e-6)
+    j = _full_jacobian_for_target(model, x, 1)
+    assert torch.allclose(res_obj.operator_norm, torch.linalg.svdvals(j)[:, 0], rtol=1e-4)
+
+
+def _full_jacobian_for_target(model, x, target):
+    a = attribution("integrated_gradients", model, steps=4)
+    t = torch.tensor([target])
+    return torch.stack([
+        torch.autograd.functional.jacobian(lambda z: a.attribute(z[None], t)[0], x[i])
+        for i in range(x.shape[0])
+    ])
+
+
+def test_rows_are_plain_json():
+    model, x = _mlp(seed=6), _inputs((10,), b=2, seed=9)
+    res = bound(model, x, eps=0.05, norm="inf", method="region", random=2, ascent_steps=2)
+    assert isinstance(res, BoundResult)
+    rows = res.to_rows()
+    assert len(rows) == 2
+    for row in rows:
+        json.dumps(row)
+        assert row["operator_norm_lower"] <= row["operator_norm"]
+        assert row["source"] in ("x", "random", "points", "ascent")
+        assert row["method"] == "region" and row["norm"] == "inf"
+
+
+def test_package_export():
+    assert attrbound.bound is bound
+
+
+# ----------------------------------------------------------------------------------------
+# piecewise-linear models and errors
+# ----------------------------------------------------------------------------------------
+
+
+def _relu_mlp() -> nn.Module:
+    torch.manual_seed(7)
+    return models.freeze(models.mlp((6,), 3, hidden=(8,), activation_name="relu").double())
+
+
+@pytest.mark.parametrize("method", ["taylor", "region"])
+def test_relu_model_needs_a_surrogate(method):
+    model, x = _relu_mlp(), _inputs((6,), b=2)
+    with pytest.raises(AttrboundError) as err:
+        bound(model, x, eps=0.1, norm=2, method=method)
+    msg = str(err.value)
+    assert "surrogate_beta" in msg and "interval" in msg and "zero almost everywhere" in msg
+
+
+def test_relu_model_with_surrogate_bounds_the_surrogate():
+    model, x = _relu_mlp(), _inputs((6,), b=2)
+    res = bound(model, x, eps=0.1, norm=2, method="taylor", surrogate_beta=10.0)
+    assert res.surrogate_beta == 10.0
+    smooth = models.smooth_surrogate(model, 10.0)
+    ref = bound(smooth, x, eps=0.1, norm=2, method="taylor", target=model(x).argmax(1))
+    assert ref.surrogate_beta is None
+    assert torch.allclose(res.operator_norm, ref.operator_norm, rtol=1e-6)
+    assert (res.operator_norm > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"eps": 0.0}, "eps must be"),
+        ({"eps": -1.0}, "eps must be"),
+        ({"norm": 1}, "unknown norm"),
+        ({"norm": "l3"}, "unknown norm"),
+        ({"method": "crown"}, "taylor, region, interval"),
+        ({"attribution": "lime"}, "unknown attribution method"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"ascent_steps": -1}, "ascent_steps"),
+        ({"tol": 0.0}, "tol"),
+        ({"bogus": 1}, "unknown option 'bogus'"),
+        ({"method": "taylor", "points": None}, "method='region' only"),
+        ({"points": torch.zeros(2, 3, 5, dtype=torch.float64)}, "points must be shaped"),
+    ],
+)
+def test_user_errors(kwargs, match):
+    model, x = _mlp(d=6, seed=8), _inputs((6,), b=2)
+    args = {"eps": 0.1, "norm": 2, **kwargs}
+    with pytest.raises(AttrboundError, match=match):
+        bound(model, x, **args)
+
+
+def test_nan_and_bad_inputs():
+    model, x = _mlp(d=6, seed=8), _inputs((6,), b=2)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(AttrboundError, match="NaN"):
+        bound(model, bad, eps=0.1, norm=2)
+    with pytest.raises(AttrboundError, match="outside the domain"):
+        bound(model, x + 2, eps=0.1, norm=2)
+    # the same inputs are fine for an unbounded domain
+    assert bound(model, x + 2, eps=0.1, norm=2, domain=None, random=1, ascent_steps=1).euclidean \
+        .isfinite().all()
+
+
+def test_interval_is_dispatched_lazily(monkeypatch):
+    calls = {}
+
+    def fake_interval_bound(model, x, **kwargs):
+        calls.update(kwargs, model=model, x=x)
+        return "interval-result"
+
+    fake = types.ModuleType("attrbound.interval")
+    fake.interval_bound = fake_interval_bound
+    monkeypatch.setitem(sys.modules, "attrbound.interval", fake)
+    model, x = _mlp(d=6, seed=8), _inputs((6,), b=2)
+    out = bound(model, x, eps=0.1, norm="linf", method="interval", attribution="saliency",
+                target=2, domain=(0.0, 1.0), extra_option=3)
+    assert out == "interval-result"
+    assert calls["model"] is model and calls["eps"] == 0.1 and calls["norm"] == "inf"
+    assert calls["attribution"].name == "saliency" and calls["target"] == 2
+    assert calls["domain"] == (0.0, 1.0) and calls["extra_option"] == 3
+
+
+def test_large_input_runs_matrix_free():
+    """A 3x224x224 input (d = 150,528): a d x d float32 Jacobian would need 90 GB."""
+    torch.manual_seed(0)
+    model = models.freeze(models.cnn((3, 224, 224), 2, channels=(2,), hidden=4))
+    x = torch.rand(1, 3, 224, 224)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    res = bound(model, x, eps=1.0, norm=2, method="taylor", max_iter=5)
+    reg = bound(model, x, eps=1.0, norm="inf", method="region", max_iter=5, dual_steps=1,
+                inner_iter=2, sign_steps=2, random=1, ascent_steps=1, screen_iter=1)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert torch.isfinite(res.operator_norm).all() and (res.operator_norm > 0).all()
+    assert (reg.operator_norm >= reg.extra["operator_norm_x"]).all()
+    assert res.iterations.item() <= 5
+    assert grown < 2 * 1024**2  # less than 2 GiB of extra peak memory
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_follows_the_inputs():
+    model, x = _cnn(seed=9), _inputs((1, 8, 8), b=2, seed=10)
+    cpu = bound(model, x, eps=0.1, norm=2, method="taylor")
+    gpu = bound(model.cuda(), x.cuda(), eps=0.1, norm=2, method="taylor")
+    assert gpu.operator_norm.device.type == "cuda"
+    assert torch.allclose(gpu.operator_norm.cpu(), cpu.operator_norm, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------
+
+
+def test_cli_bound(tmp_path, capsys):
+    from attrbound.cli import main
+
+    torch.manual_seed(0)
+    config = {"arch": "cnn", "input_shape": [1, 28, 28], "channels": [2], "hidden": 8,
+              "dataset": "mnist", "activation": "softplus"}
+    model = models.build(config)
+    path = models.save(model, tmp_path / "m.safetensors", config)
+    out = tmp_path / "rows.jsonl"
+    rc = main(["bound", "--model", str(path), "--n", "3", "--norm", "2", "--eps", "0.1,0.2",
+               "--method", "taylor,region", "--random", "1", "--ascent-steps", "1",
+               "--batch-size", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "euclidean" in text and "operator_norm" in text and "region" in text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 3
+    assert {r["index"] for r in rows} == {0, 1, 2}
+    for r in rows:
+        assert r["euclidean"] == pytest.approx(r["eps"] * r["operator_norm"])
+    # region >= taylor row by row
+    by = {(r["method"], r["eps"], r["index"]): r for r in rows}
+    for eps in (0.1, 0.2):
+        for i in range(3):
+            assert by["region", eps, i]["euclidean"] >= by["taylor", eps, i]["euclidean"]
+    assert main(["bound", "--model", str(path), "--n", "2", "--eps", "0.1", "--method",
+                 "nope", "--no-progress"]) == 2

@@ -1,0 +1,158 @@
+"""Batched spectral solvers against dense references: eigh, svd and brute-force enumeration."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from attrbound.operators import DenseOperator
+from attrbound.spectral import (
+    inf_to_two,
+    lanczos,
+    random_start,
+    sign_iteration,
+    top_singular,
+)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _symmetric(b: int, n: int, seed: int) -> torch.Tensor:
+    a = torch.randn(b, n, n, generator=_gen(seed), dtype=torch.float64)
+    return (a + a.transpose(1, 2)) / 2
+
+
+def _start(b: int, n: int, seed: int = 1) -> torch.Tensor:
+    return random_start((b, n), torch.zeros((), dtype=torch.float64), _gen(seed))
+
+
+def _matvec(mats: torch.Tensor):
+    return lambda v: torch.einsum("bij,bj->bi", mats, v)
+
+
+def _exact_inf_to_two(j: torch.Tensor) -> torch.Tensor:
+    """max over s in {-1,1}^n of ||J_b s||_2, by enumerating every sign vector."""
+    n = j.shape[-1]
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=n)), dtype=j.dtype)
+    return torch.einsum("bij,kj->bki", j, signs).norm(dim=2).amax(dim=1)
+
+
+def test_lanczos_largest_matches_eigh():
+    mats = _symmetric(5, 40, 0)
+    e = lanczos(_matvec(mats), _start(5, 40), tol=1e-10, max_iter=40)
+    exact = torch.linalg.eigvalsh(mats)[:, -1]
+    assert torch.allclose(e.value, exact, rtol=1e-9, atol=1e-9)
+    assert e.converged.all()
+    # the returned residual is the true one, and the vector is a unit eigenvector
+    r = torch.einsum("bij,bj->bi", mats, e.vector) - e.value[:, None] * e.vector
+    assert torch.allclose(r.norm(dim=1), e.residual, atol=1e-12)
+    assert torch.allclose(e.vector.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    assert (e.upper >= exact - 1e-12).all()
+
+
+def test_lanczos_largest_is_algebraic_not_magnitude():
+    # M - diag(v) in the dual is indefinite: its most negative eigenvalue can dominate in
+    # magnitude; "largest" must still return the algebraic maximum, "magnitude" the other.
+    eig = torch.tensor([[-10.0, -3.0, 0.5, 1.0, 2.0]] * 3, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(3, 5, 5, generator=_gen(3), dtype=torch.float64))
+    mats = q @ torch.diag_embed(eig) @ q.transpose(1, 2)
+    largest = lanczos(_matvec(mats), _start(3, 5), tol=1e-12)
+    assert torch.allclose(largest.value, torch.full((3,), 2.0, dtype=torch.float64), atol=1e-10)
+    mag = lanczos(_matvec(mats), _start(3, 5), which="magnitude", tol=1e-12)
+    assert torch.allclose(mag.value, torch.full((3,), -10.0, dtype=torch.float64), atol=1e-10)
+
+
+def test_lanczos_converges_per_example():
+    # example 0 is rank one (exact after one step), example 1 has a spread spectrum
+    n = 60
+    u = torch.randn(n, generator=_gen(4), dtype=torch.float64)
+    rank_one = torch.outer(u, u)
+    spread = _symmetric(1, n, 5)[0]
+    mats = torch.stack([rank_one, spread])
+    e = lanczos(_matvec(mats), _start(2, n), tol=1e-10, max_iter=n)
+    assert e.converged.all()
+    assert e.iterations[0] <= 2 < e.iterations[1]
+    exact = torch.linalg.eigvalsh(mats)[:, -1]
+    assert torch.allclose(e.value, exact, rtol=1e-9)
+
+
+def test_lanczos_reports_non_convergence():
+    mats = _symmetric(2, 200, 6)
+    e = lanczos(_matvec(mats), _start(2, 200), tol=1e-12, max_iter=3)
+    assert not e.converged.any()
+    assert (e.iterations == 3).all()
+    # a Ritz value never exceeds lambda_max
+    assert (e.value <= torch.linalg.eigvalsh(mats)[:, -1] + 1e-12).all()
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_top_singular_matches_svd(symmetric):
+    j = torch.randn(4, 30, 30, generator=_gen(7), dtype=torch.float64)
+    if symmetric:
+        j = (j + j.transpose(1, 2)) / 2
+    op = DenseOperator(j)
+    assert op.symmetric is symmetric
+    r = top_singular(op, _start(4, 30), tol=1e-10)
+    exact = torch.linalg.matrix_norm(j, ord=2)
+    assert torch.allclose(r.sigma, exact, rtol=1e-8)
+    assert (r.upper >= exact * (1 - 1e-12)).all()
+    assert torch.allclose(r.upper, exact, rtol=1e-6)
+    # the vector is a right singular vector: ||J v|| = sigma
+    assert torch.allclose(op.matvec(r.vector).norm(dim=1), exact, rtol=1e-6)
+
+
+def test_sign_iteration_is_feasible_and_below_the_maximum():
+    j = torch.randn(6, 12, 12, generator=_gen(8), dtype=torch.float64)
+    op = DenseOperator(j)
+    s, value, _ = sign_iteration(op.gram, _start(6, 12), max_steps=50)
+    assert set(s.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.allclose(value, op.matvec(s).norm(dim=1))
+    assert (value <= _exact_inf_to_two(j) * (1 + 1e-12)).all()
+
+
+@pytest.mark.parametrize("rank", [1, 3, 14])
+def test_inf_to_two_brackets_the_exact_maximum(rank):
+    # d = 14 <= 16: the exact max over 2^14 sign vectors is enumerated
+    b, d = 4, 14
+    g = _gen(10 + rank)
+    j = torch.randn(b, rank, d, generator=g, dtype=torch.float64)
+    j = torch.cat([j, torch.zeros(b, d - rank, d, dtype=torch.float64)], dim=1)
+    j = j + 0.05 * torch.randn(b, d, d, generator=g, dtype=torch.float64)  # not exactly low rank
+    exact = _exact_inf_to_two(j)
+    sigma = torch.linalg.matrix_norm(j, ord=2)
+    r = inf_to_two(DenseOperator(j), _start(b, d), tol=1e-10)
+    assert (r.upper >= exact * (1 - 1e-10)).all(), (r.upper, exact)
+    assert (r.upper <= math.sqrt(d) * sigma * (1 + 1e-8)).all()
+    assert (r.lower <= exact * (1 + 1e-10)).all()
+    assert torch.allclose(r.upper_v0, math.sqrt(d) * sigma, rtol=1e-8)
+    s = r.sign
+    assert set(s.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.allclose(r.lower, torch.einsum("bij,bj->bi", j, s).norm(dim=1))
+    # the optimised dual closes most of the gap that v = 0 (sqrt(d) sigma_max) leaves
+    assert (r.upper - exact <= 0.5 * (r.upper_v0 - exact)).all()
+    assert (r.upper <= 1.05 * exact).all()
+
+
+def test_inf_to_two_without_dual_steps_is_sqrt_d_sigma():
+    j = torch.randn(3, 10, 10, generator=_gen(20), dtype=torch.float64)
+    r = inf_to_two(DenseOperator(j), _start(3, 10), tol=1e-10, dual_steps=0)
+    assert torch.allclose(r.upper, math.sqrt(10) * torch.linalg.matrix_norm(j, ord=2), rtol=1e-8)
+
+
+def test_inf_to_two_every_shift_is_an_upper_bound():
+    # the dual is valid for ANY v: check the returned shift and random shifts in closed form
+    b, d = 3, 12
+    j = torch.randn(b, d, d, generator=_gen(21), dtype=torch.float64)
+    m = j.transpose(1, 2) @ j
+    exact_sq = _exact_inf_to_two(j) ** 2
+    r = inf_to_two(DenseOperator(j), _start(b, d), tol=1e-10)
+    for v in [r.shift, torch.randn(b, d, generator=_gen(22), dtype=torch.float64) * 5]:
+        f = d * torch.linalg.eigvalsh(m - torch.diag_embed(v))[:, -1] + v.sum(dim=1)
+        assert (f >= exact_sq * (1 - 1e-10)).all()
+    f_shift = d * torch.linalg.eigvalsh(m - torch.diag_embed(r.shift))[:, -1] + r.shift.sum(1)
+    assert (r.upper**2 >= f_shift * (1 - 1e-8)).all()
