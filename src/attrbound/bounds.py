@@ -44,7 +44,7 @@ from attrbound.errors import AttrboundError, check_choice
 from attrbound.models import is_piecewise_linear, smooth_surrogate
 from attrbound.norms import check_domain, check_eps, parse_norm, project, sample_ball
 from attrbound.operators import JacobianOperator, bilinear_gradient
-from attrbound.spectral import inf_to_two, random_start, sign_iteration, top_singular
+from attrbound.spectral import inf_to_two, random_start, top_singular
 
 METHODS = ("taylor", "region", "interval")
 
@@ -68,7 +68,7 @@ REGION_OPTIONS: dict[str, Any] = {
     "ascent_steps": 10,
     "restarts": 1,
     "step_size": None,
-    "screen_iter": 4,
+    "screen_iter": 1,
 }
 
 
@@ -215,12 +215,13 @@ def bound(
         ascent_steps: projected gradient-ascent steps on ||J(z)||_{p->2} (default 10;
             0 switches the ascent off); restarts: ascent runs per input (default 1: from the
             best point screened so far; more runs start at random points).
-        step_size: ascent step (default 2.5 eps / ascent_steps); screen_iter: Lanczos (l2)
-            or sign-iteration (l-inf) steps per screened point (default 4).
+        step_size: ascent step (default 2.5 eps / ascent_steps); screen_iter: products per
+            screened point (default 1: ||J(z) w|| with w x's singular / sign vector; more
+            refine w by power (l2) or sign (l-inf) iteration steps at z).
 
     region, per input: the tight operator norm at x (exactly taylor's), then every other
-    point z is scored by a cheap lower estimate of ||J(z)||_{p->2} (a few warm-started solver
-    steps from x's singular / sign vector), the ascent climbs phi(z) = u^T J(z) w with (u, w)
+    point z is scored by a cheap lower estimate of ||J(z)||_{p->2} (||J(z) w|| with w x's
+    singular / sign vector: one product per point), the ascent climbs phi(z) = u^T J(z) w with (u, w)
     tracking the top singular pair (l2) or (J s / ||J s||, s) (l-inf) by alternating
     half-steps of the power / sign iteration (:func:`attrbound.operators.bilinear_gradient`),
     and the best-scoring point gets a tight solve; operator_norm is the largest value found,
@@ -423,10 +424,14 @@ class _Solve:
 
 def _solve(
     attr: Attribution, z: Tensor, target: Tensor, norm: str, opts: dict[str, Any],
-    gen: torch.Generator,
+    gen: torch.Generator, warm: Tensor | None = None,
 ) -> _Solve:
+    """Tight solve; start from a random vector, or from ``warm`` [N, n] (a vector of a
+    nearby point) plus a 10% random part, so that it is never orthogonal to the top."""
     op = JacobianOperator(attr, z, target)
     start = random_start((z.shape[0], op.n), z, gen)
+    if warm is not None:
+        start = _unit(_unit(warm) + 0.1 * start)
     if norm == "2":
         r = top_singular(op, start, tol=opts["tol"], max_iter=opts["max_iter"])
         return _Solve(op.value, r.upper, None, r.iterations, r.converged, r.vector, None)
@@ -468,13 +473,17 @@ def _rows(fn: Callable[[slice], tuple[Tensor, ...]], n: int, limit: int) -> tupl
 def _screen(
     attr: Attribution, z: Tensor, target: Tensor, warm: Tensor, norm: str, opts: dict[str, Any]
 ) -> Tensor:
-    """Cheap lower estimate of ||J(z)||_{p->2}, z [N, *S], warm-started from warm [N, n]:
-    l2: ``screen_iter`` Lanczos steps (a Ritz value <= sigma_max); l-inf: the sign iteration
-    from sign(warm) for ``screen_iter`` steps (a feasible value ||J s||)."""
+    """Cheap lower estimate of ||J(z)||_{p->2}, z [N, *S], from x's vector warm [N, n]:
+    ||J(z) w|| after ``screen_iter`` - 1 power-iteration steps w <- J^T J w / ||J^T J w||
+    from w = warm (l2, unit w: a value <= sigma_max), or sign-iteration steps
+    s <- sign(J^T J s) from s = warm (l-inf: a feasible value ||J s||). The default
+    (screen_iter = 1) costs one product J w per point."""
     op = JacobianOperator(attr, z, target)
-    if norm == "2":
-        return top_singular(op, warm, max_iter=opts["screen_iter"], tol=opts["tol"]).sigma
-    return sign_iteration(op.gram, warm, max_steps=opts["screen_iter"])[1]
+    w = warm
+    for _ in range(opts["screen_iter"] - 1):
+        m = op.gram(w)
+        w = _unit(m) if norm == "2" else torch.where(m == 0, w, torch.sign(m))
+    return op.matvec(w).flatten(1).norm(dim=1)
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -587,7 +596,7 @@ def _region(
     out["source"] = [_SOURCES[0]] * b
     if not bool(torch.isfinite(best).any()):
         return out
-    sb = _solve(attr, best_z, target, norm, opts, gen)
+    sb = _solve(attr, best_z, target, norm, opts, gen, warm=sx.vector)
     value = torch.maximum(sb.upper, best)  # the lower estimate can only add safety
     use = value > sx.upper
     cand = _result(sb)

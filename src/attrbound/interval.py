@@ -765,18 +765,22 @@ def _apply_t(op: _Op, lam: Tensor, shared: bool) -> Tensor:
     return out.reshape(lead + op.in_shape)
 
 
+def _op_gamma(op: _Op, units: _Units) -> float:
+    return units.gamma(op.fan + math.prod(op.out_shape))
+
+
 def _through_block(
     block: list[_Op], mv: list[Tensor], lam: Tensor, shared: bool, const: Tensor, err: Tensor,
-    units: _Units,
+    units: _Units, counted: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lambda . v_out = (Lambda W) . v_in + Lambda . b, layer by layer backwards; each layer adds
     gamma * |Lambda| . (|W| |v_in|_max + |b|) to ``err`` [n, R] (the rounding of Lambda W and of
-    Lambda . b, both dot products)."""
+    Lambda . b, both dot products). ``counted``: the last layer's term is already in ``err``."""
     for o in range(len(block) - 1, -1, -1):
         op = block[o]
         if not op.exact:
-            g = units.gamma(op.fan + math.prod(op.out_shape))
-            err = err + g * _absdot(lam, mv[o], shared)
+            if not (counted and o == len(block) - 1):
+                err = err + _op_gamma(op, units) * _absdot(lam, mv[o], shared)
             if op.bias is not None:
                 full = op.bias.expand(op.out_shape).reshape(-1)
                 const = const + lam.flatten(-len(op.out_shape)) @ full
@@ -785,19 +789,62 @@ def _through_block(
 
 
 def _relax_step(
-    act: _Act, lo: Tensor, hi: Tensor, lam: Tensor, const: Tensor, err: Tensor, units: _Units
+    act: _Act,
+    lo: Tensor,
+    hi: Tensor,
+    lam: Tensor,
+    const: Tensor,
+    err: Tensor,
+    units: _Units,
+    shared: bool,
+    next_op: tuple[_Op, Tensor] | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lambda . sigma(q) >= (Lambda+ a_lo + Lambda- a_up) . q + Lambda+ . b_lo + Lambda- . b_up
-    for q in [lo, hi] (Lambda [n, R, *s]); the rounding of the new Lambda and constant adds
-    gamma * |Lambda| . (|a| |q|_max + |b|) + 2 u |const|."""
+    for q in [lo, hi], computed as Lambda a_mid + |Lambda| a_half with a_mid = (a_lo + a_up) / 2,
+    a_half = (a_lo - a_up) / 2 (likewise b).
+
+    ``shared``: Lambda [R, *s] is the same for all n inputs and stands for the rows +Lambda and
+    -Lambda: the result is [n, 2R, *s] (+rows first). Otherwise Lambda is [n, R, *s].
+    The rounding of the new Lambda and constant (including that of a_mid, a_half) adds
+    3 gamma * |Lambda| . (|a|_max |q|_max + |b|_max) + 2 u |const| to ``err``; ``next_op`` =
+    (layer, its mvec) whose output is q: its error term gamma |Lambda'| . mvec is added here
+    too, with |Lambda'| <= |Lambda| |a|_max (1 + 4u)."""
     a_lo, b_lo, a_up, b_up = act.relax(lo, hi, units)
-    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-    const = const + _dot(pos, b_lo, False) + _dot(neg, b_up, False)
-    vec = torch.maximum(a_lo.abs(), a_up.abs()) * _mag(lo, hi)
-    vec = vec + torch.maximum(b_lo.abs(), b_up.abs())
-    err = err + units.gamma(math.prod(lo.shape[1:])) * _absdot(lam, vec, False)
+    ab = lam.abs()
+    amax = torch.maximum(a_lo.abs(), a_up.abs())
+    vec = amax * _mag(lo, hi) + torch.maximum(b_lo.abs(), b_up.abs())
+    cols = [(0.5 * (b_lo - b_up)).flatten(1), vec.flatten(1)]
+    if next_op is not None:
+        cols.append((amax * next_op[1]).flatten(1))
+    both = torch.stack(cols, dim=2)  # [n, d, k]
+    n, d = both.shape[:2]
+    g = 3 * units.gamma(d)
+    if shared:
+        r = lam.shape[0]
+        res = torch.matmul(ab.reshape(r, d), both)  # [n, R, k]
+        dotb = _dot(lam, 0.5 * (b_lo + b_up), True)
+        const = torch.cat([const + dotb + res[..., 0], -const - dotb + res[..., 0]], dim=1)
+        add = g * res[..., 1]
+        if next_op is not None:
+            add = add + _op_gamma(next_op[0], units) * (1 + 4 * units.u) * res[..., 2]
+        err = torch.cat([err + add, err + add], dim=1)
+        shape = lam.shape[1:]
+        p = lam.unsqueeze(0) * (0.5 * (a_lo + a_up)).unsqueeze(1)
+        q = ab.unsqueeze(0) * (0.5 * (a_lo - a_up)).unsqueeze(1)
+        new = lam.new_empty((n, 2 * r) + shape)
+        torch.add(p, q, out=new[:, :r])
+        torch.sub(q, p, out=new[:, r:])
+    else:
+        r = lam.shape[1]
+        res = torch.bmm(ab.reshape(n, r, d), both)
+        const = const + _dot(lam, 0.5 * (b_lo + b_up), False) + res[..., 0]
+        err = err + g * res[..., 1]
+        if next_op is not None:
+            err = err + _op_gamma(next_op[0], units) * (1 + 4 * units.u) * res[..., 2]
+        new = lam * (0.5 * (a_lo + a_up)).unsqueeze(1)
+        new.addcmul_(ab, (0.5 * (a_lo - a_up)).unsqueeze(1))
     err = err + 2 * units.u * const.abs()
-    return pos * a_lo.unsqueeze(1) + neg * a_up.unsqueeze(1), const, err
+    return new, const, err
 
 
 def _concretize(
@@ -808,17 +855,25 @@ def _concretize(
     d = math.prod(inset.lo.shape[1:])
     gd = units.gamma(d)
     c, rad = _center_radius(inset.lo, inset.hi)
-    dot = _dot(lam, c, shared)
-    width = _absdot(lam, rad, shared)
-    slack = 2 * gd * _absdot(lam, c.abs() + rad, shared)
+    ball = inset.radius is not None and inset.center is not None
+    flat = lam.reshape(lam.shape[: 1 if shared else 2] + (d,))
+    vecs = [c, rad, c.abs() + rad]
+    if ball:
+        assert inset.center is not None
+        vecs += [inset.center, inset.center.abs()]
+    stacked = torch.stack([v.reshape(-1, d) for v in vecs], dim=2)  # [n, d, k]
+    res_abs = torch.matmul(flat.abs(), stacked[..., 1:3] if not ball else stacked[..., [1, 2, 4]])
+    res = torch.matmul(flat, stacked[..., [0, 3]] if ball else stacked[..., :1])
+    dot, width, slack = res[..., 0], res_abs[..., 0], 2 * gd * res_abs[..., 1]
     lo, hi = dot - width - slack, dot + width + slack
-    if inset.radius is not None and inset.center is not None:
-        norms = _up(lam.flatten(-(inset.lo.dim() - 1)).norm(dim=-1) * (1 + gd))
+    if ball:
+        assert inset.radius is not None
+        norms = _up(flat.norm(dim=-1) * (1 + gd))
         if shared:
             norms = norms.unsqueeze(0)
         reach = inset.radius.unsqueeze(1) * norms
-        dotx = _dot(lam, inset.center, shared)
-        slack = 2 * gd * (_absdot(lam, inset.center.abs(), shared) + reach)
+        dotx = res[..., 1]
+        slack = 2 * gd * (res_abs[..., 2] + reach)
         lo = torch.maximum(lo, dotx - reach - slack)
         hi = torch.minimum(hi, dotx + reach + slack)
     if const.dim() == 1:
@@ -865,17 +920,15 @@ def _crown(
             continue
         for n0 in range(0, n, nb):
             s = slice(n0, n0 + nb)
-            m = min(nb, n - n0)
-            lam_s = lam.unsqueeze(0).expand((m,) + lam.shape)
-            lam_s = torch.cat([lam_s, -lam_s], dim=1)
-            const_s = torch.cat([const, -const]).unsqueeze(0).expand(m, 2 * r)
-            err_s = torch.cat([err[s], err[s]], dim=1)
+            lam_s, const_s, err_s, shared = lam, const, err[s], True
             for i in range(j - 1, -1, -1):
+                block, mv = net.blocks[i], [v[s] for v in mvecs[i]]
+                nxt = (block[-1], mv[-1]) if block and not block[-1].exact else None
                 lam_s, const_s, err_s = _relax_step(net.acts[i], pre[i][0][s], pre[i][1][s],
-                                                    lam_s, const_s, err_s, units)
-                lam_s, const_s, err_s = _through_block(
-                    net.blocks[i], [v[s] for v in mvecs[i]], lam_s, False, const_s, err_s, units
-                )
+                                                    lam_s, const_s, err_s, units, shared, nxt)
+                shared = False
+                lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
+                                                       units, counted=nxt is not None)
             lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s), units)
             lower[s, r0 : r0 + r] = lo[:, :r]
             upper[s, r0 : r0 + r] = -lo[:, r:]

@@ -26,6 +26,14 @@ from tqdm.auto import tqdm
 from attrbound import data, models, objectives
 from attrbound.errors import AttrboundError
 
+#: default passes over the data per mode for :func:`train_and_save` / ``attrbound train``,
+#: chosen so that each mode trains the default CNN on the bundled 10,000 MNIST images within
+#: 10 minutes on 2 shared CPU cores (ig_norm's step costs about 15x a natural step, so it
+#: gets one epoch; times in benchmarks/results/model_ranking.md).
+DEFAULT_EPOCHS: dict[str, float] = {
+    "natural": 3, "pgd_at": 3, "trades": 3, "ig_norm": 1, "grad_norm": 3, "curvature": 3,
+}
+
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
     """Fraction of images [N, ...] whose argmax logit equals labels [N]."""
@@ -108,7 +116,7 @@ def train_and_save(
     arch: str = "cnn",
     activation: str = "softplus",
     beta: float = 10.0,
-    epochs: float = 3,
+    epochs: float | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
@@ -121,9 +129,12 @@ def train_and_save(
     """Build, train on ``dataset`` (bundled subset, or full files under ``root``), evaluate on
     its test split, and save a checkpoint at ``out``. Returns (model, config).
 
-    ``mode`` and ``options`` choose the objective as in :func:`train`; the config records the
-    mode, its resolved options, the training time and the test accuracy."""
+    ``mode`` and ``options`` choose the objective as in :func:`train`; ``epochs`` None means
+    the mode's :data:`DEFAULT_EPOCHS` (3; ig_norm 1). The config records the mode, its
+    resolved options, the training time and the test accuracy."""
     mode_options = objectives.resolve(mode, options)
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS[mode]
     x_train, y_train = data.load(dataset, "train", root=root)
     x_test, y_test = data.load(dataset, "test", root=root)
     classes = int(max(y_train.max(), y_test.max())) + 1

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=10.0, help="softplus beta (default 10)")
     p.add_argument("--mode", default="natural", choices=MODES,
                    help="training objective (default natural)")
-    p.add_argument("--epochs", type=float, default=3, help="passes over the data (default 3)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="passes over the data (default 3; 1 for ig_norm)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trades-beta", type=float, default=None,
                    help="TRADES' KL weight beta (default 1)")
     g.add_argument("--ig-steps", type=int, default=None,
-                   help="ig_norm: integration nodes of the loss IG (default 8)")
+                   help="ig_norm: integration nodes of the loss IG (default 4)")
     g.add_argument("--h", type=float, default=None,
                    help="curvature: finite-difference step h, l2 (default 1.0)")
     g.add_argument("--direction", default=None, choices=["sign", "random"],

@@ -1,0 +1,479 @@
+"""Certified interval bounds (attrbound.interval) against independent references.
+
+References: the attributions themselves (attrbound.attributions, a float64 model, and the
+float32 model for float32 soundness) at thousands of points of the perturbation set (uniform
+samples, vertices, l2-sphere points, iterates of a PGD written here), closed forms for linear and
+one-neuron models, and the attacks of attrbound.attacks. Soundness is checked with NO tolerance:
+every attribution value must lie inside its interval, every deviation below the bound.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from attrbound import attributions, interval
+from attrbound.attributions import IntegratedGradients, SmoothGrad, attribution
+from attrbound.bounds import cosine_from_euclidean
+from attrbound.errors import AttrboundError
+from attrbound.interval import attribution_intervals, interval_bound
+from attrbound.norms import project, sample_ball
+
+ACTS = ("relu", "softplus", "elu", "tanh", "sigmoid")
+NAMES = ("saliency", "input_x_gradient", "integrated_gradients")
+
+
+def _act(name: str, param: float) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "softplus":
+        return nn.Softplus(beta=param)
+    if name == "elu":
+        return nn.ELU(alpha=param)
+    return nn.Tanh() if name == "tanh" else nn.Sigmoid()
+
+
+def _net(kind: str, act: str, param: float, bn: bool, pool: bool, seed: int,
+         channels: int = 2, width: int = 6) -> nn.Sequential:
+    """A small float64 network of the supported layer mix, inputs [B, channels, 4, 4]."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    if kind == "cnn":
+        layers.append(nn.Conv2d(channels, 3, 3, padding=1))
+        if bn:
+            layers.append(nn.BatchNorm2d(3))
+        layers.append(_act(act, param))
+        if pool:
+            layers.append(nn.AvgPool2d(2))
+        side = 2 if pool else 4
+        layers += [nn.Flatten(), nn.Linear(3 * side * side, width)]
+    else:
+        layers += [nn.Flatten(), nn.Linear(channels * 16, width)]
+    if bn:
+        layers.append(nn.BatchNorm1d(width))
+    layers += [_act(act, param), nn.Linear(width, width), _act(act, param), nn.Linear(width, 3)]
+    model = nn.Sequential(*layers).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.weight.data.mul_(1.5)
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g, dtype=torch.float64) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g, dtype=torch.float64) * 3 - 1.5)
+            m.bias.data.copy_(torch.rand(c, generator=g, dtype=torch.float64) - 0.5)
+    return model.eval()
+
+
+def _inputs(seed: int, b: int = 2, channels: int = 2, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 2)
+    x = torch.rand(b, channels, 4, 4, generator=g, dtype=torch.float64)
+    # some pixels on the domain's edges, as in real images
+    edge = torch.rand(x.shape, generator=g, dtype=torch.float64) < 0.25
+    return torch.where(edge, x.round(), x).to(dtype)
+
+
+def _set_points(x: torch.Tensor, eps: float, norm: str, n: int, seed: int) -> torch.Tensor:
+    """Points of the perturbation set [P, B, *S]: uniform samples, plus vertices (l-inf) or
+    sphere points (l2), all clipped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    uniform = sample_ball(x, eps, norm, n, generator=g)
+    signs = torch.randint(0, 2, (n,) + tuple(x.shape), generator=g).to(x.dtype) * 2 - 1
+    if norm == "inf":
+        edge = (x.unsqueeze(0) + eps * signs).clamp(0, 1)
+    else:
+        d = torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64).to(x.dtype)
+        d = d / d.flatten(2).norm(dim=2).reshape(n, x.shape[0], *([1] * (x.dim() - 1)))
+        edge = (x.unsqueeze(0) + eps * d).clamp(0, 1)
+    return torch.cat([uniform, edge, x.unsqueeze(0)])
+
+
+def _maps(attr, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p, b = z.shape[:2]
+    out = attr.attribute(z.reshape((p * b,) + z.shape[2:]), target.repeat(p))
+    return out.reshape(z.shape)
+
+
+def _pgd_points(attr, x, target, eps, norm, steps: int = 6, seed: int = 0) -> torch.Tensor:
+    """Iterates of projected ascent on c . A(z) for random directions c (written here, not
+    attrbound.attacks): points where single features move most. [steps * 2, B, *S]."""
+    g = torch.Generator().manual_seed(seed)
+    pts = []
+    for _ in range(2):
+        c = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
+        z = sample_ball(x, eps, norm, 1, generator=g)[0]
+        for _ in range(steps):
+            grad = torch.func.grad(lambda u, c=c: (c * attr.attribute(u, target)).sum())(z)
+            if norm == "inf":
+                step = grad.sign()
+            else:
+                n = grad.flatten(1).norm(dim=1).clamp_min(1e-30)
+                step = grad / n.reshape(-1, *([1] * (x.dim() - 1)))
+            z = x + project(z - x + 0.4 * eps * step, x, eps, norm)
+            pts.append(z.detach())
+    return torch.stack(pts)
+
+
+def _check_sound(model, x, eps, norm, name, tightening, seed, opts=None, n=300):
+    """Intervals contain A(z), the bounds hold, at samples, vertices and PGD iterates."""
+    opts = opts or {}
+    res = interval_bound(model, x, eps=eps, norm=norm, attribution=name,
+                         tightening=tightening, **opts)
+    lo, hi = res.intervals
+    attr = attribution(name, model, **opts)
+    target = attributions.predict(model, x)
+    a = attr.attribute(x, target)
+    z = torch.cat([_set_points(x, eps, norm, n, seed),
+                   _pgd_points(attr, x, target, eps, norm, seed=seed)])
+    with torch.no_grad():
+        maps = _maps(attr, z, target)
+    below, above = maps < lo, maps > hi
+    assert not below.any() and not above.any(), (
+        f"{int(below.sum() + above.sum())} values outside their intervals "
+        f"(worst {float(torch.maximum(lo - maps, maps - hi).max()):.3g})"
+    )
+    dev = (maps - a).flatten(2).norm(dim=2)
+    assert (dev <= res.euclidean).all()
+    cos = torch.nn.functional.cosine_similarity(maps.flatten(2), a.flatten(1).unsqueeze(0), dim=2)
+    assert (cos >= res.cosine).all()
+    return res
+
+
+# ----------------------------------------------------------------------------------------
+# Soundness
+# ----------------------------------------------------------------------------------------
+
+net_specs = st.fixed_dictionaries({
+    "kind": st.sampled_from(["mlp", "cnn"]),
+    "act": st.sampled_from(ACTS),
+    "param": st.sampled_from([0.5, 1.0, 3.0, 20.0]),
+    "bn": st.booleans(),
+    "pool": st.booleans(),
+    "seed": st.integers(0, 10_000),
+    "norm": st.sampled_from(["inf", "2"]),
+    "eps": st.floats(0.003, 0.4),
+    "name": st.sampled_from(NAMES),
+    "tightening": st.sampled_from(["none", "crown"]),
+})
+
+
+def _run_spec(spec: dict) -> None:
+    param = spec["param"] if spec["act"] != "elu" else min(spec["param"], 3.0)
+    model = _net(spec["kind"], spec["act"], param, spec["bn"], spec["pool"], spec["seed"])
+    x = _inputs(spec["seed"])
+    eps = spec["eps"] if spec["norm"] == "inf" else 3 * spec["eps"]
+    opts = {"steps": 3} if spec["name"] == "integrated_gradients" else {}
+    _check_sound(model, x, eps, spec["norm"], spec["name"], spec["tightening"], spec["seed"],
+                 opts, n=150)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(net_specs)
+def test_sound_on_random_networks(spec):
+    _run_spec(spec)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net_specs)
+def test_sound_on_random_networks_many(spec):
+    _run_spec(spec)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_sound_each_activation_all_attributions(act):
+    """Every activation x attribution x norm x tightening on one CNN with BatchNorm and pooling."""
+    model = _net("cnn", act, 3.0 if act == "softplus" else 1.0, True, True, seed=7)
+    x = _inputs(7)
+    for norm, eps in (("inf", 0.08), ("2", 0.3)):
+        for name in NAMES:
+            opts = {"steps": 4} if name == "integrated_gradients" else {}
+            for tightening in ("none", "crown"):
+                _check_sound(model, x, eps, norm, name, tightening, seed=3, opts=opts)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_sound_in_float32(act):
+    """The float32 attribution of a float32 model, as users compute it, stays inside the
+    intervals computed for that float32 model (which are float32, rounded outward)."""
+    model = _net("cnn", act, 10.0 if act == "softplus" else 1.0, True, True, seed=11).float()
+    x = _inputs(11, b=3, dtype=torch.float32)
+    for norm, eps in (("inf", 0.01), ("2", 0.03)):
+        for name in NAMES:
+            opts = {"steps": 4} if name == "integrated_gradients" else {}
+            res = interval_bound(model, x, eps=eps, norm=norm, attribution=name, **opts)
+            lo, hi = res.intervals
+            assert lo.dtype == torch.float32 and res.euclidean.dtype == torch.float32
+            attr = attribution(name, model, **opts)
+            t = attributions.predict(model, x)
+            z = _set_points(x, eps, norm, 300, seed=5)
+            maps = _maps(attr, z, t)
+            assert ((maps >= lo) & (maps <= hi)).all()
+            a = attr.attribute(x, t)
+            assert ((maps - a).flatten(2).norm(dim=2) <= res.euclidean).all()
+
+
+def test_float_margins_are_needed_for_float32():
+    """Intervals sound only for exact arithmetic (evaluation="exact") are narrower, and a float32
+    ReLU model's own saliency falls outside them: the float32 margins are not decorative."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32),
+                          nn.ReLU(), nn.Linear(32, 5)).eval()
+    x = _inputs(1, b=4, dtype=torch.float32)
+    exact = interval_bound(model, x, eps=1e-4, norm="inf", evaluation="exact")
+    flt = interval_bound(model, x, eps=1e-4, norm="inf")
+    attr = attribution("saliency", model)
+    maps = _maps(attr, _set_points(x, 1e-4, "inf", 200, seed=0), attributions.predict(model, x))
+    lo, hi = exact.intervals
+    assert ((maps < lo) | (maps > hi)).any()
+    lo, hi = flt.intervals
+    assert ((maps >= lo) & (maps <= hi)).all()
+
+
+# ----------------------------------------------------------------------------------------
+# Closed forms
+# ----------------------------------------------------------------------------------------
+
+
+def test_linear_model_closed_form():
+    """f = W flatten(x) + b: saliency is the constant W_t (interval width ~ rounding, bound ~ 0);
+    input x gradient is z * W_t, whose exact range over the box is [min, max] of the ends."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 4)).double().eval()
+    x = _inputs(0)
+    eps = 0.05
+    t = attributions.predict(model, x)
+    w = model[1].weight[t].reshape(x.shape)
+    res = interval_bound(model, x, eps=eps, norm="inf")
+    lo, hi = res.intervals
+    assert torch.all(lo <= w) and torch.all(w <= hi)
+    assert torch.all(hi - lo <= 1e-13 * w.abs().max())
+    assert torch.all(res.euclidean <= 1e-12)
+    assert torch.allclose(res.cosine, torch.ones(2, dtype=torch.float64), atol=1e-12)
+    res = interval_bound(model, x, eps=eps, norm="inf", attribution="input_x_gradient")
+    zlo, zhi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    ref_lo, ref_hi = torch.minimum(zlo * w, zhi * w), torch.maximum(zlo * w, zhi * w)
+    lo, hi = res.intervals
+    assert torch.allclose(lo, ref_lo, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(hi, ref_hi, rtol=1e-12, atol=1e-15)
+    # euclidean: the largest per-feature move |w_i| max(x_i - zlo_i, zhi_i - x_i)
+    ref = ((w * torch.maximum(x - zlo, zhi - x)) ** 2).flatten(1).sum(1).sqrt()
+    assert torch.allclose(res.euclidean, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_one_neuron_closed_form(norm):
+    """f_0 = v softplus(w . z + c): saliency v sigma(beta p) w with p = w . z + c in
+    [w . x + c -/+ eps ||w||_dual] (no domain); sigma monotone, so the interval of each feature
+    is v w_i [sigmoid(beta p_lo), sigmoid(beta p_hi)] exactly: the l2 case checks the exact
+    first-layer radius eps ||w||_2."""
+    torch.manual_seed(3)
+    beta = 2.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 1), nn.Softplus(beta), nn.Linear(1, 2))
+    model = model.double().eval()
+    x = torch.rand(3, 1, 2, 4, dtype=torch.float64)
+    eps = 0.3
+    w, c = model[1].weight[0], model[1].bias[0]
+    v = model[3].weight[0, 0]
+    dual = w.abs().sum() if norm == "inf" else w.norm()
+    p = x.flatten(1) @ w + c
+    s_lo, s_hi = torch.sigmoid(beta * (p - eps * dual)), torch.sigmoid(beta * (p + eps * dual))
+    ends = torch.stack([v * w * s_lo[:, None], v * w * s_hi[:, None]])
+    res = interval_bound(model, x, eps=eps, norm=norm, target=0, domain=None)
+    lo, hi = (t.flatten(1) for t in res.intervals)
+    assert torch.allclose(lo, ends.amin(0), rtol=1e-10, atol=1e-14)
+    assert torch.allclose(hi, ends.amax(0), rtol=1e-10, atol=1e-14)
+    assert torch.all(lo <= ends.amin(0)) and torch.all(hi >= ends.amax(0))
+
+
+def test_cosine_is_at_least_cosine_from_euclidean():
+    model = _net("mlp", "tanh", 1.0, False, False, seed=4)
+    x = _inputs(4)
+    for eps in (1e-3, 1e-2, 1e-1):
+        res = interval_bound(model, x, eps=eps, norm="2")
+        ref = cosine_from_euclidean(res.euclidean, res.attr_norm)
+        # the certified value is rounded downward; equal up to float64 rounding at most
+        assert torch.all(res.cosine >= ref - 1e-12)
+        assert torch.all(res.cosine <= 1) and torch.all(res.cosine >= -1)
+
+
+# ----------------------------------------------------------------------------------------
+# Against attacks; tightening
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm,eps", [("inf", 0.002), ("2", 0.05)])
+def test_bound_above_every_attack(mnist_cnn, norm, eps):
+    from attrbound.attacks import attack
+
+    model, images, _ = mnist_cnn
+    x = images[:3]
+    res = interval_bound(model, x, eps=eps, norm=norm)
+    for method, objective in (("pgd", "euclidean"), ("pgd", "cosine"), ("random", "euclidean")):
+        att = attack(model, x, eps=eps, norm=norm, method=method, objective=objective,
+                     restarts=2, seed=1)
+        assert torch.all(att.euclidean <= res.euclidean)
+        assert torch.all(att.cosine >= res.cosine)
+
+
+def test_crown_never_looser_and_sometimes_strictly_tighter():
+    gains = []
+    for seed, act in enumerate(ACTS * 2):
+        model = _net("cnn" if seed % 2 else "mlp", act, 3.0, seed % 3 == 0, True, seed=seed)
+        x = _inputs(seed)
+        for norm, eps in (("inf", 0.1), ("2", 0.4)):
+            plain = attribution_intervals(model, x, eps=eps, norm=norm, tightening="none")
+            crown = attribution_intervals(model, x, eps=eps, norm=norm, tightening="crown")
+            scale = torch.maximum(plain[0].abs(), plain[1].abs())
+            # CROWN is intersected with IBP at every layer and IBP is inclusion-monotone: in exact
+            # arithmetic crown is inside plain; allow only float64 rounding (1e-12 relative)
+            assert torch.all(crown[0] >= plain[0] - 1e-12 * scale)
+            assert torch.all(crown[1] <= plain[1] + 1e-12 * scale)
+            width = lambda iv: (iv[1] - iv[0]).sum()  # noqa: E731
+            gains.append(float(width(crown) / width(plain)))
+    assert max(gains) <= 1 + 1e-12
+    assert min(gains) < 0.7  # strictly (and substantially) tighter on some case
+
+
+def test_l2_first_layer_radius_tighter_than_box():
+    """The l2 set lies in the l-inf box of the same radius: with the exact first-layer radius
+    eps ||W_i||_2 the l2 intervals are inside the l-inf ones, and strictly tighter."""
+    gains = []
+    for seed, kind in enumerate(["mlp", "cnn", "mlp", "cnn"]):
+        model = _net(kind, "softplus", 3.0, False, False, seed=seed)
+        x = _inputs(seed)
+        box = attribution_intervals(model, x, eps=0.1, norm="inf", tightening="none")
+        ball = attribution_intervals(model, x, eps=0.1, norm="2", tightening="none")
+        scale = torch.maximum(box[0].abs(), box[1].abs())
+        assert torch.all(ball[0] >= box[0] - 1e-12 * scale)
+        assert torch.all(ball[1] <= box[1] + 1e-12 * scale)
+        gains.append(float((ball[1] - ball[0]).sum() / (box[1] - box[0]).sum()))
+    assert max(gains) < 0.9
+
+
+def test_bounds_shrink_linearly_with_eps():
+    """For a smooth network the intervals close in on A(x) like eps (no floor above rounding)."""
+    model = _net("cnn", "softplus", 3.0, True, True, seed=2)
+    x = _inputs(2)
+    e1 = interval_bound(model, x, eps=1e-4, norm="inf").euclidean
+    e2 = interval_bound(model, x, eps=1e-5, norm="inf").euclidean
+    assert torch.all(e2 < 0.15 * e1) and torch.all(e2 > 0.05 * e1)
+
+
+# ----------------------------------------------------------------------------------------
+# Options, structure, errors
+# ----------------------------------------------------------------------------------------
+
+
+def test_integrated_gradients_object_options():
+    """An IntegratedGradients object's nodes, steps and baseline are the ones bounded."""
+    model = _net("mlp", "elu", 1.0, False, False, seed=5)
+    x = _inputs(5)
+    base = torch.full(x.shape[1:], 0.5, dtype=torch.float64)
+    ig = IntegratedGradients(model, steps=5, nodes="gausslegendre", baseline=base)
+    res = interval_bound(model, x, eps=0.05, norm="inf", attribution=ig)
+    assert res.attribution == "integrated_gradients"
+    assert res.extra["attribution_options"]["nodes"] == "gausslegendre"
+    lo, hi = res.intervals
+    t = attributions.predict(model, x)
+    maps = _maps(ig, _set_points(x, 0.05, "inf", 300, seed=1), t)
+    assert ((maps >= lo) & (maps <= hi)).all()
+    # the same through a name and options
+    res2 = interval_bound(model, x, eps=0.05, norm="inf", attribution="integrated_gradients",
+                          steps=5, nodes="gausslegendre", baseline=base)
+    assert torch.equal(res2.intervals[0], lo)
+
+
+def test_nested_sequential_identity_and_dropout_are_transparent():
+    flat = _net("cnn", "tanh", 1.0, True, True, seed=6)
+    layers = list(flat)
+    nested = nn.Sequential(nn.Identity(), nn.Sequential(*layers[:3]), nn.Dropout(0.5),
+                           nn.Sequential(nn.Sequential(*layers[3:]))).eval()
+    x = _inputs(6)
+    a = interval_bound(flat, x, eps=0.05, norm="inf")
+    b = interval_bound(nested, x, eps=0.05, norm="inf")
+    assert torch.equal(a.intervals[0], b.intervals[0]) and torch.equal(a.euclidean, b.euclidean)
+
+
+def test_explicit_target_and_result_fields():
+    model = _net("mlp", "sigmoid", 1.0, True, False, seed=8)
+    x = _inputs(8, b=3)
+    res = interval_bound(model, x, eps=0.02, norm=2, target=1)
+    lo, hi = res.intervals
+    a = attribution("saliency", model)(x, target=1)
+    assert torch.all(lo <= a) and torch.all(a <= hi)
+    assert res.method == "interval" and res.norm == "2" and res.eps == 0.02
+    assert torch.isnan(res.operator_norm).all()
+    assert (res.iterations == 0).all() and res.converged.all()
+    assert torch.allclose(res.attr_norm, a.flatten(1).norm(dim=1))
+    rows = res.to_rows()
+    assert len(rows) == 3 and 0 <= rows[0]["certified_stable_fraction"] <= 1
+    json.dumps(rows)
+
+
+def _tiny() -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 4), nn.Softplus(), nn.Linear(4, 2)).eval()
+
+
+@pytest.mark.parametrize("layer,name", [
+    (nn.MaxPool2d(2), "MaxPool2d"),
+    (nn.GELU(), "GELU"),
+    (nn.LeakyReLU(), "LeakyReLU"),
+    (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+])
+def test_unsupported_layer_is_named(layer, name):
+    model = nn.Sequential(layer, nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = _inputs(0, dtype=torch.float32)
+    model(x)
+    with pytest.raises(AttrboundError, match=name):
+        interval_bound(model, x, eps=0.1, norm="inf")
+
+
+def test_user_errors():
+    model = _tiny()
+    x = _inputs(0, dtype=torch.float32)
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _tiny()
+
+        def forward(self, z):
+            return self.body(z)
+
+    with pytest.raises(AttrboundError, match="Sequential"):
+        interval_bound(Custom().eval(), x, eps=0.1, norm="inf")
+    with pytest.raises(AttrboundError, match="smoothgrad"):
+        interval_bound(model, x, eps=0.1, norm="inf", attribution="smoothgrad")
+    with pytest.raises(AttrboundError, match="smoothgrad"):
+        interval_bound(model, x, eps=0.1, norm="inf", attribution=SmoothGrad(model))
+    with pytest.raises(AttrboundError, match="eps"):
+        interval_bound(model, x, eps=0.0, norm="inf")
+    with pytest.raises(AttrboundError, match="norm"):
+        interval_bound(model, x, eps=0.1, norm="l3")
+    with pytest.raises(AttrboundError, match="tightening"):
+        interval_bound(model, x, eps=0.1, norm="inf", tightening="sdp")
+    with pytest.raises(AttrboundError, match="domain"):
+        interval_bound(model, x + 2, eps=0.1, norm="inf")
+    with pytest.raises(AttrboundError, match="NaN"):
+        interval_bound(model, x * math.nan, eps=0.1, norm="inf")
+    with pytest.raises(AttrboundError, match="option"):
+        interval_bound(model, x, eps=0.1, norm="inf", steps=3)  # not a saliency option
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(32, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(AttrboundError, match="eval"):
+        interval_bound(bn.train(), x, eps=0.1, norm="inf")
+
+
+def test_exported_lazily():
+    import attrbound
+
+    assert attrbound.interval.interval_bound is interval_bound
+    assert "crown" in interval.TIGHTENINGS
