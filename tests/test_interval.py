@@ -101,7 +101,7 @@ def _maps(attr, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return out.reshape(z.shape)
 
 
-def _pgd_points(attr, x, target, eps, norm, steps: int = 6, seed: int = 0) -> torch.Tensor:
+def _pgd_points(attr, x, target, eps, norm, steps: int = 4, seed: int = 0) -> torch.Tensor:
     """Iterates of projected ascent on c . A(z) for random directions c (written here, not
     attrbound.attacks): points where single features move most. [steps * 2, B, *S]."""
     g = torch.Generator().manual_seed(seed)
@@ -121,7 +121,7 @@ def _pgd_points(attr, x, target, eps, norm, steps: int = 6, seed: int = 0) -> to
     return torch.stack(pts)
 
 
-def _check_sound(model, x, eps, norm, name, tightening, seed, opts=None, n=300):
+def _check_sound(model, x, eps, norm, name, tightening, seed, opts=None, n=200):
     """Intervals contain A(z), the bounds hold, at samples, vertices and PGD iterates."""
     opts = opts or {}
     res = interval_bound(model, x, eps=eps, norm=norm, attribution=name,
@@ -171,10 +171,10 @@ def _run_spec(spec: dict) -> None:
     eps = spec["eps"] if spec["norm"] == "inf" else 3 * spec["eps"]
     opts = {"steps": 3} if spec["name"] == "integrated_gradients" else {}
     _check_sound(model, x, eps, spec["norm"], spec["name"], spec["tightening"], spec["seed"],
-                 opts, n=150)
+                 opts, n=100)
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(net_specs)
 def test_sound_on_random_networks(spec):
@@ -190,14 +190,14 @@ def test_sound_on_random_networks_many(spec):
 
 @pytest.mark.parametrize("act", ACTS)
 def test_sound_each_activation_all_attributions(act):
-    """Every activation x attribution x norm x tightening on one CNN with BatchNorm and pooling."""
+    """Every activation x attribution x norm on one CNN with BatchNorm and pooling (CROWN, which
+    also runs and intersects the plain IBP path; "none" is covered by the property test)."""
     model = _net("cnn", act, 3.0 if act == "softplus" else 1.0, True, True, seed=7)
     x = _inputs(7)
     for norm, eps in (("inf", 0.08), ("2", 0.3)):
         for name in NAMES:
             opts = {"steps": 4} if name == "integrated_gradients" else {}
-            for tightening in ("none", "crown"):
-                _check_sound(model, x, eps, norm, name, tightening, seed=3, opts=opts)
+            _check_sound(model, x, eps, norm, name, "crown", seed=3, opts=opts)
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -315,18 +315,17 @@ def test_bound_above_every_attack(mnist_cnn, norm, eps):
     from attrbound.attacks import attack
 
     model, images, _ = mnist_cnn
-    x = images[:3]
+    x = images[:2]
     res = interval_bound(model, x, eps=eps, norm=norm)
-    for method, objective in (("pgd", "euclidean"), ("pgd", "cosine"), ("random", "euclidean")):
-        att = attack(model, x, eps=eps, norm=norm, method=method, objective=objective,
-                     restarts=2, seed=1)
+    for method in ("pgd", "random"):
+        att = attack(model, x, eps=eps, norm=norm, method=method, seed=1)
         assert torch.all(att.euclidean <= res.euclidean)
         assert torch.all(att.cosine >= res.cosine)
 
 
 def test_crown_never_looser_and_sometimes_strictly_tighter():
     gains = []
-    for seed, act in enumerate(ACTS * 2):
+    for seed, act in enumerate(ACTS + ("relu",)):
         model = _net("cnn" if seed % 2 else "mlp", act, 3.0, seed % 3 == 0, True, seed=seed)
         x = _inputs(seed)
         for norm, eps in (("inf", 0.1), ("2", 0.4)):
@@ -477,3 +476,40 @@ def test_exported_lazily():
 
     assert attrbound.interval.interval_bound is interval_bound
     assert "crown" in interval.TIGHTENINGS
+
+
+def test_bound_entry_point_and_options():
+    """attrbound.bound(method="interval") is this bound; surrogate_beta is ignored (ReLU is exact);
+    with an Attribution object, unknown options are refused."""
+    import attrbound
+
+    model = _net("mlp", "relu", 1.0, False, False, seed=9)
+    x = _inputs(9)
+    ref = interval_bound(model, x, eps=0.05, norm="inf", attribution="integrated_gradients",
+                         steps=4)
+    res = attrbound.bound(model, x, eps=0.05, norm="inf", method="interval",
+                          attribution="integrated_gradients", attribution_options={"steps": 4},
+                          surrogate_beta=10.0)
+    assert res.method == "interval" and res.surrogate_beta is None
+    assert torch.equal(res.intervals[0], ref.intervals[0])
+    assert torch.equal(res.euclidean, ref.euclidean)
+    with pytest.raises(AttrboundError, match="unknown option"):
+        interval_bound(model, x, eps=0.05, norm="inf",
+                       attribution=attribution("saliency", model), restarts=3)
+
+
+def test_sound_on_unusual_layouts():
+    """Activation first (empty first block), two activations in a row (empty middle block),
+    layers without bias, BatchNorm1d after the last hidden layer (CROWN, which also runs the
+    plain path)."""
+    torch.manual_seed(12)
+    model = nn.Sequential(
+        nn.Tanh(), nn.Flatten(), nn.Linear(32, 6, bias=False), nn.ReLU(), nn.Sigmoid(),
+        nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ELU(alpha=2.0), nn.Linear(5, 3, bias=False),
+    ).double().eval()
+    model[6].running_var.fill_(0.3)
+    x = _inputs(12)
+    for norm, eps in (("inf", 0.1), ("2", 0.3)):
+        for name in NAMES:
+            opts = {"steps": 3} if name == "integrated_gradients" else {}
+            _check_sound(model, x, eps, norm, name, "crown", seed=4, opts=opts, n=100)

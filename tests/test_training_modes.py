@@ -21,7 +21,7 @@ from attrbound.objectives import (
     loss_integrated_gradients,
     perturb,
 )
-from attrbound.training import accuracy, train
+from attrbound.training import DEFAULT_EPOCHS, accuracy, train
 
 D = 36  # tiny 1x6x6 inputs
 SHAPE = (1, 6, 6)
@@ -347,7 +347,7 @@ def test_natural_mode_is_the_default_and_deterministic():
 
 
 def test_defaults_and_resolve():
-    assert set(MODES) == set(objectives.OBJECTIVES)
+    assert set(MODES) == set(objectives.OBJECTIVES) == set(DEFAULT_EPOCHS)
     assert objectives.defaults("natural") == {}
     assert objectives.defaults("pgd_at") == {"eps": 0.1, "norm": "inf", "steps": 10,
                                              "step_size": None}

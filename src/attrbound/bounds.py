@@ -221,8 +221,8 @@ def bound(
 
     region, per input: the tight operator norm at x (exactly taylor's), then every other
     point z is scored by a cheap lower estimate of ||J(z)||_{p->2} (||J(z) w|| with w x's
-    singular / sign vector: one product per point), the ascent climbs phi(z) = u^T J(z) w with (u, w)
-    tracking the top singular pair (l2) or (J s / ||J s||, s) (l-inf) by alternating
+    singular / sign vector: one product per point), the ascent climbs phi(z) = u^T J(z) w
+    with (u, w) tracking the top singular pair (l2) or (J s / ||J s||, s) (l-inf) by alternating
     half-steps of the power / sign iteration (:func:`attrbound.operators.bilinear_gradient`),
     and the best-scoring point gets a tight solve; operator_norm is the largest value found,
     so region >= taylor always.

@@ -116,7 +116,8 @@ class Grid:
     ifia_topk, ifia_center, random); at least one of either.
     Budgets (None = the library default): attack ``steps`` (20), ``restarts`` (1), random
     ``samples`` (200), top-k ``k`` (100 on 28x28), pgd/random ``objective`` (euclidean);
-    ``bound_options``: extra keyword arguments of :func:`attrbound.bounds.bound`.
+    ``bound_options``: per bound method, extra keyword arguments of
+    :func:`attrbound.bounds.bound` (e.g. ``{"region": {"ascent_steps": 5}}``).
     ``surrogate_beta``: softplus surrogate for ReLU / max-pool models (bounds and attacks).
     ``seed``: a unit whose first input has index i uses seed + i. ``batch_size``: inputs per
     call (default 50). ``save_adv``: keep the best attack's x_adv in the sidecar.
@@ -193,8 +194,16 @@ class Grid:
         unknown = set(self.attribution_options) - set(NAMES)
         if unknown:
             raise AttrboundError(f"attribution_options names unknown methods: {sorted(unknown)}.")
-        if not isinstance(self.bound_options, dict):
-            raise AttrboundError("bound_options must be a table of keyword arguments.")
+        if not isinstance(self.bound_options, dict) or not all(
+            isinstance(v, dict) for v in self.bound_options.values()
+        ):
+            raise AttrboundError(
+                "bound_options must map a bound method to a table of keyword arguments, e.g. "
+                '{"region": {"ascent_steps": 5}}.'
+            )
+        unknown = set(self.bound_options) - set(BOUND_METHODS)
+        if unknown:
+            raise AttrboundError(f"bound_options names unknown bound methods: {sorted(unknown)}.")
 
     @property
     def configs(self) -> list[tuple[str, str, float]]:
@@ -670,7 +679,7 @@ def evaluate_unit(
         try:
             res = _call(bound_fn, model, x, eps=eps, norm=norm, attribution=attribution,
                         attribution_options=opts, method=method, optional=optional,
-                        **grid.bound_options)
+                        **grid.bound_options.get(method, {}))
         except AttrboundError as exc:
             warn(f"bound {method} ({attribution}, l{norm}, eps {eps:g}): {exc}")
             bound_rows[method] = [{"error": str(exc)}] * b
@@ -778,11 +787,14 @@ def run_campaign(
     if attack_fn is None and grid.attacks:
         from attrbound.attacks import attack as attack_fn
 
-    if grid.bound_options and bound_fn is not None:
+    if bound_fn is not None:
         names, var_kw = _accepts(bound_fn)
-        unknown = sorted(set(grid.bound_options) - names) if not var_kw else []
-        if unknown:
-            raise AttrboundError(f"bound_options has keywords the bound does not take: {unknown}.")
+        for method, opts in grid.bound_options.items():
+            unknown = sorted(set(opts) - names) if not var_kw else []
+            if unknown:
+                raise AttrboundError(
+                    f"bound_options of {method} has keywords the bound does not take: {unknown}."
+                )
 
     ident = grid.identity(sha)
     ident["dataset"] = dataset

@@ -1178,7 +1178,13 @@ def _resolve_attribution(attribution: str | Attribution, model: nn.Module,
                 f"the interval method supports {', '.join(ATTRIBUTIONS)}, not "
                 f"{type(attribution).__name__}."
             )
-        return make_attribution(attribution, model, **options)
+        if options:
+            raise AttrboundError(
+                f"unknown option(s) {', '.join(sorted(options))} for the interval method; its "
+                "options are tightening, evaluation and max_elements (attribution options "
+                "belong to the Attribution object)."
+            )
+        return make_attribution(attribution, model)
     return make_attribution(attribution, model, **options)
 
 
@@ -1296,8 +1302,10 @@ def interval_bound(
             radius for l2); ``evaluation`` = "float" (default: sound for the attribution as the
             model computes it in its own format AND in exact arithmetic) or "exact" (exact
             arithmetic only); ``max_elements`` (default 2^23): float64 entries of one CROWN
-            back-substitution chunk (memory ~ 6x that); any other keyword (e.g. ``steps=16``)
-            is an option of the attribution method named by ``attribution``.
+            back-substitution chunk (memory ~ 6x that); ``surrogate_beta`` is accepted and
+            ignored (ReLU is bounded exactly; recorded in ``extra``); ``attribution_options``
+            (dict) or any other keyword (e.g. ``steps=16``) are options of the attribution
+            method named by ``attribution``.
 
     Returns:
         BoundResult with method "interval": ``euclidean`` [B] (rounded up), ``cosine`` [B]
@@ -1320,6 +1328,8 @@ def interval_bound(
     tightening = options.pop("tightening", "crown")
     evaluation = options.pop("evaluation", "float")
     max_elements = options.pop("max_elements", MAX_ELEMENTS)
+    # ReLU is bounded exactly, on the real model: a smooth surrogate is never needed
+    ignored_beta = options.pop("surrogate_beta", None)
     opts = dict(options.pop("attribution_options", None) or {})
     opts.update(options)
     out = _prepare(model, x, eps, norm, attribution, target, domain, tightening, evaluation,
@@ -1349,5 +1359,6 @@ def interval_bound(
         seconds=time.perf_counter() - started,
         extra={"tightening": tightening, "evaluation": evaluation,
                "unit_roundoff": units.u - _U64 if evaluation == "float" else 0.0,
-               "attribution_options": out["attr"].options()},
+               "attribution_options": out["attr"].options(),
+               "surrogate_beta_ignored": ignored_beta},
     )

@@ -88,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default=None, choices=["euclidean", "cosine"],
                    help="distance that pgd and random maximise (default euclidean)")
     p.add_argument("--bound-options", default=None, metavar="JSON",
-                   help="extra keyword arguments of attrbound.bound, as a JSON object")
+                   help="per bound method, extra keyword arguments of attrbound.bound, e.g. "
+                        '\'{"region": {"ascent_steps": 5}}\'')
     p.add_argument("--surrogate-beta", type=float, default=None,
                    help="softplus surrogate beta for ReLU / max-pool models (e.g. 10)")
     p.add_argument("--seed", type=int, default=None,
