@@ -67,6 +67,22 @@ def test_pickle_files_are_refused_without_unpickling(tmp_path):
         models.load(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("first", [b"\x80", b"P"])
+def test_header_length_that_looks_like_a_pickle_still_loads(tmp_path, first):
+    """A safetensors header length whose low byte is 0x80 (pickle's opcode) or 'P' (zip's
+    "PK") is still a safetensors file: the config padding is grown until the file starts so."""
+    m = models.build(_config())
+    path = tmp_path / "m.safetensors"
+    for pad in range(300):
+        cfg = dict(_config(), note="x" * pad)
+        models.save(m, path, cfg)
+        if path.read_bytes()[:1] == first:
+            break
+    else:
+        pytest.fail("no padding gave the wanted first byte")
+    assert models.load(path).config["note"] == cfg["note"]
+
+
 def test_smooth_surrogate_replaces_relu_and_approaches_it():
     torch.manual_seed(0)
     m = models.freeze(models.cnn((1, 12, 12), 3, channels=(4,), activation_name="relu"))

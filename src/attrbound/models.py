@@ -185,8 +185,11 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not path.is_file():
         raise AttrboundError(f"no model checkpoint at {path}.")
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
+        head = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"); only a
+    # file that is not that is sniffed for the pickle / torch.save (zip) signatures
+    is_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not is_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise AttrboundError(
             f"{path} is a pickle/torch.save file; attrbound loads only safetensors checkpoints "
             "(pickles can run code), so re-save the weights with attrbound.models.save."
