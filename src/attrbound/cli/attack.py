@@ -17,7 +17,15 @@ from typing import Any
 
 from attrbound.attacks import DEFAULT_SAMPLES, DEFAULT_STEPS, METHODS, OBJECTIVES
 from attrbound.attributions import NAMES
-from attrbound.cli.common import add_model_data, float_list, load_model_data, name_list, write_jsonl
+from attrbound.cli.common import (
+    add_model_data,
+    float_list,
+    input_fields,
+    load_model_data,
+    name_list,
+    predicted_classes,
+    write_jsonl,
+)
 from attrbound.errors import AttrboundError, check_choice
 
 
@@ -91,7 +99,6 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from attrbound.attacks import attack
@@ -104,9 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise AttrboundError("--eps needs at least one radius.")
     opts = _options(args.attribution_options)
     model, images, labels, config = load_model_data(args)
-    with torch.no_grad():
-        preds = torch.cat([model(images[i : i + 256]).argmax(1)
-                           for i in range(0, len(images), 256)])
+    preds = predicted_classes(model, images)
     starts = list(range(0, len(images), args.batch_size))
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(args.method) * len(args.eps) * len(starts), unit="batch",
@@ -123,16 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     surrogate_beta=args.surrogate_beta,
                 )
                 for i, row in enumerate(res.to_rows()):
-                    index = lo + i
-                    row.update({
-                        "index": args.start + index,
-                        "label": int(labels[index]),
-                        "pred": int(preds[index]),
-                        "model": str(args.model),
-                        "dataset": args.dataset or config.get("dataset"),
-                        "split": args.split,
-                        "seed": args.seed + lo,
-                    })
+                    row.update(input_fields(args, config, labels, preds, lo + i, args.seed + lo))
                     rows.append(row)
                 bar.update(1)
     bar.close()

@@ -17,7 +17,15 @@ from typing import Any
 
 from attrbound.attributions import NAMES
 from attrbound.bounds import METHODS
-from attrbound.cli.common import add_model_data, float_list, load_model_data, name_list, write_jsonl
+from attrbound.cli.common import (
+    add_model_data,
+    float_list,
+    input_fields,
+    load_model_data,
+    name_list,
+    predicted_classes,
+    write_jsonl,
+)
 from attrbound.errors import AttrboundError, check_choice
 
 
@@ -110,7 +118,6 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from attrbound.bounds import bound
@@ -123,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise AttrboundError("--eps needs at least one radius.")
     attr_opts = _attribution_options(args)
     model, images, labels, config = load_model_data(args)
-    with torch.no_grad():
-        preds = torch.cat([model(images[i : i + 256]).argmax(1)
-                           for i in range(0, len(images), 256)])
+    preds = predicted_classes(model, images)
     starts = list(range(0, len(images), args.batch_size))
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(args.method) * len(args.eps) * len(starts), unit="batch",
@@ -145,17 +150,8 @@ def run(args: argparse.Namespace) -> int:
                     surrogate_beta=args.surrogate_beta, **opts,
                 )
                 for i, row in enumerate(res.to_rows()):
-                    index = lo + i
-                    row.update({
-                        "index": args.start + index,
-                        "label": int(labels[index]),
-                        "pred": int(preds[index]),
-                        "model": str(args.model),
-                        "dataset": args.dataset or config.get("dataset"),
-                        "split": args.split,
-                        "seed": opts.get("seed"),
-                        "attribution_options": attr_opts,
-                    })
+                    row.update(input_fields(args, config, labels, preds, lo + i, opts.get("seed")))
+                    row["attribution_options"] = attr_opts
                     rows.append(row)
                 bar.update(1)
     bar.close()

@@ -43,6 +43,30 @@ def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, 
     return model, images[sl].to(args.device), labels[sl].to(args.device), config
 
 
+def predicted_classes(model: Any, images: Any, chunk: int = 256) -> Any:
+    """argmax_c f(x)_c for every image [N, ...] -> int64 [N], in chunks of ``chunk``."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + chunk]).argmax(1)
+                          for i in range(0, len(images), chunk)])
+
+
+def input_fields(args: argparse.Namespace, config: dict[str, Any], labels: Any, preds: Any,
+                 index: int, seed: int | None) -> dict[str, Any]:
+    """The per-input fields of a bound / attack row: the input at position ``index`` of the
+    selection made by --start/--n, its label and predicted class, model, dataset, split, seed."""
+    return {
+        "index": args.start + index,
+        "label": int(labels[index]),
+        "pred": int(preds[index]),
+        "model": str(args.model),
+        "dataset": args.dataset or config.get("dataset"),
+        "split": args.split,
+        "seed": seed,
+    }
+
+
 def float_list(text: str) -> list[float]:
     """'0.05,0.1' -> [0.05, 0.1]."""
     try:
