@@ -513,3 +513,37 @@ def test_sound_on_unusual_layouts():
         for name in NAMES:
             opts = {"steps": 3} if name == "integrated_gradients" else {}
             _check_sound(model, x, eps, norm, name, "crown", seed=4, opts=opts, n=100)
+
+
+def test_softplus_threshold_jump_in_a_float64_model():
+    """torch's softplus returns q itself above q > threshold / beta: a downward jump of
+    log1p(exp(-threshold)) / beta (0.31 at threshold 1). The evaluated forward pass must stay
+    inside the widened CROWN bounds of the layers after it, also in float64."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(32, 8), nn.Softplus(beta=1.0, threshold=1.0),
+        nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3),
+    ).double().eval()
+    x = _inputs(3)
+    for norm, eps in (("inf", 0.2), ("2", 0.8)):
+        _check_sound(model, x, eps, norm, "saliency", "crown", seed=5, n=400)
+
+
+def test_rounding_unit_follows_buffers_and_matmul_precision():
+    """The model's format is the coarsest of inputs, parameters and buffers (BatchNorm
+    statistics), and float32 matmuls allowed to run in bfloat16 get bfloat16's unit."""
+    from attrbound.interval import _units_for
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)).double().eval()
+    x = torch.rand(2, 4, dtype=torch.float64)
+    assert _units_for(model, x, "float").u < 1e-15
+    model[2].running_mean = model[2].running_mean.float()
+    assert _units_for(model, x, "float").u >= 2.0**-24
+    model = model.float()
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert _units_for(model, x.float(), "float").u >= 2.0**-8
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert _units_for(model, x.float(), "float").u < 2.0**-20

@@ -997,7 +997,9 @@ def _forward(
         pre.append((lo, hi))
         lip = act.lipschitz(lo, hi, units)
         vlo, vhi = act.range(lo, hi, units)
-        e = _up(lip * e + act.value_err(_mag(vlo, vhi), _mag(lo, hi), units))
+        # evaluated and exact pre-activations may lie on either side of softplus' threshold,
+        # where torch's value jumps down by act.jump (0 for the other activations)
+        e = _up(lip * e + act.value_err(_mag(vlo, vhi), _mag(lo, hi), units) + act.jump)
         lo, hi = vlo, vhi
     return pre
 
@@ -1154,9 +1156,12 @@ def _units_for(model: nn.Module, x: Tensor, evaluation: str) -> _Units:
     """Unit roundoff of the format the model is evaluated in (+ float64 for the bound)."""
     if evaluation == "exact":
         return _Units(u=2 * _U64, tiny=torch.finfo(torch.float64).tiny)
-    dtypes = [x.dtype] + [p.dtype for p in model.parameters() if p.is_floating_point()]
+    tensors = list(model.parameters()) + list(model.buffers())
+    dtypes = [x.dtype] + [t.dtype for t in tensors if t.is_floating_point()]
     worst = max(dtypes, key=lambda d: torch.finfo(d).eps)
     u_eval = torch.finfo(worst).eps / 2
+    if worst == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        u_eval = max(u_eval, 2.0**-8)  # float32 matmuls may then run in bfloat16 (8 bits)
     if worst == torch.float32 and x.device.type == "cuda":
         if torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32:
             u_eval = max(u_eval, 2.0**-11)  # TF32 keeps 10 mantissa bits
