@@ -217,6 +217,7 @@ def test_summary_recomputed_from_rows():
                 best_c.append(min(a["cosine"] for a in kept))
         assert s["attack"]["euclidean_mean"] == pytest.approx(np.mean(best_e))
         assert s["attack"]["euclidean_max"] == pytest.approx(np.max(best_e))
+        assert s["attack"]["euclidean_median"] == pytest.approx(np.median(best_e))
         assert s["attack"]["cosine_min"] == pytest.approx(np.min(best_c))
         assert s["attack_runs"] == sum(a["runs"] for r in grp for a in r["attacks"].values())
         assert s["seconds"] == pytest.approx(sum(r["seconds"]["total"] for r in grp))
@@ -226,6 +227,7 @@ def test_summary_recomputed_from_rows():
             c = np.array([r["bounds"][m]["cosine"] for r in grp])
             assert b["euclidean_mean"] == pytest.approx(u.mean())
             assert b["euclidean_max"] == pytest.approx(u.max())
+            assert b["euclidean_median"] == pytest.approx(np.median(u))
             assert b["cosine_min"] == pytest.approx(c.min())
             tight, ve, vc, either = [], 0, 0, 0
             for r, ui, ci in zip(grp, u, c, strict=True):

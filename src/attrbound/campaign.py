@@ -893,12 +893,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     norm and eps:
 
     - ``n`` rows, ``attack_runs`` (sum), ``seconds`` (sum of row totals);
-    - ``attack``: mean / max of the best attack's euclidean deviation (``euclidean_mean``,
-      ``euclidean_max``), mean / min of its cosine (``cosine_mean``, ``cosine_min``);
-    - ``bounds``: method -> ``euclidean_mean``, ``euclidean_max``, ``cosine_mean``,
-      ``cosine_min``, ``tightness_median`` (median over rows of attack / bound),
-      ``violations`` (rows with a violation of either metric), ``violations_euclidean``,
-      ``violations_cosine``, ``errors`` (rows where the method failed).
+    - ``attack``: mean / median / max of the best attack's euclidean deviation
+      (``euclidean_mean``, ``euclidean_median``, ``euclidean_max``), mean / min of its cosine
+      (``cosine_mean``, ``cosine_min``);
+    - ``bounds``: method -> ``euclidean_mean``, ``euclidean_median``, ``euclidean_max``,
+      ``cosine_mean``, ``cosine_min``, ``tightness_median`` (median over rows of attack /
+      bound), ``violations`` (rows with a violation of either metric),
+      ``violations_euclidean``, ``violations_cosine``, ``errors`` (rows where the method
+      failed, or returned a non-finite euclidean bound: such a row can flag no violation).
     Means, medians and extremes skip missing values; a figure with none is None.
     """
     groups = group_rows(rows)
@@ -918,6 +920,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seconds": sum(_values(grp, lambda r: r["seconds"]["total"])),
             "attack": {
                 "euclidean_mean": _mean(best_e),
+                "euclidean_median": statistics.median(best_e) if best_e else None,
                 "euclidean_max": max(best_e) if best_e else None,
                 "cosine_mean": _mean(best_c),
                 "cosine_min": min(best_c) if best_c else None,
@@ -934,6 +937,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vc = [bool(r["violated"][m]["cosine"]) for r in have]
             summary["bounds"][m] = {
                 "euclidean_mean": _mean(ue),
+                "euclidean_median": statistics.median(ue) if ue else None,
                 "euclidean_max": max(ue) if ue else None,
                 "cosine_mean": _mean(uc),
                 "cosine_min": min(uc) if uc else None,
@@ -941,7 +945,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "violations": sum(a or c for a, c in zip(ve, vc, strict=True)),
                 "violations_euclidean": sum(ve),
                 "violations_cosine": sum(vc),
-                "errors": sum("error" in r["bounds"][m] for r in have),
+                "errors": sum("error" in r["bounds"][m]
+                              or _finite(r["bounds"][m].get("euclidean")) is None for r in have),
             }
         out.append(summary)
     return out

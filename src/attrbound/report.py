@@ -272,8 +272,9 @@ def summary_table_html(summary: list[dict[str, Any]]) -> str:
     """The summary (:func:`attrbound.campaign.summarize`) as an HTML table: one line per
     (attribution, norm, eps) and bound method."""
     head = ("<tr><th>attribution</th><th>norm</th><th>eps</th><th>n</th>"
-            "<th>attack mean</th><th>attack max</th><th>attack min cos</th><th>bound</th>"
-            "<th>bound mean</th><th>bound max</th><th>bound min cos</th>"
+            "<th>attack mean</th><th>attack median</th><th>attack max</th>"
+            "<th>attack min cos</th><th>bound</th>"
+            "<th>bound mean</th><th>bound median</th><th>bound max</th><th>bound min cos</th>"
             "<th>median tightness</th><th>attack runs</th><th>violations (eucl./cos.)</th>"
             "</tr>")
     body = []
@@ -282,10 +283,10 @@ def summary_table_html(summary: list[dict[str, Any]]) -> str:
         for j, (m, b) in enumerate(bounds.items()):
             lead = "".join(f"<td>{_cell(v)}</td>" for v in (
                 s["attribution"], s["norm"], s["eps"], s["n"], s["attack"]["euclidean_mean"],
-                s["attack"]["euclidean_max"], s["attack"]["cosine_min"])) if j == 0 else (
-                "<td></td>" * 7)
+                s["attack"].get("euclidean_median"), s["attack"]["euclidean_max"],
+                s["attack"]["cosine_min"])) if j == 0 else "<td></td>" * 8
             if b is None:
-                body.append(f"<tr>{lead}<td>{m}</td>{'<td></td>' * 4}"
+                body.append(f"<tr>{lead}<td>{m}</td>{'<td></td>' * 5}"
                             f"<td>{s['attack_runs']}</td><td></td></tr>")
                 continue
             viol = f"{b['violations_euclidean']} / {b['violations_cosine']}"
@@ -294,7 +295,8 @@ def summary_table_html(summary: list[dict[str, Any]]) -> str:
                 viol += f" ({b['errors']} failed)"
             body.append(
                 f"<tr>{lead}<td>{html.escape(m)}</td><td>{_cell(b['euclidean_mean'])}</td>"
-                f"<td>{_cell(b['euclidean_max'])}</td><td>{_cell(b['cosine_min'])}</td>"
+                f"<td>{_cell(b.get('euclidean_median'))}</td><td>{_cell(b['euclidean_max'])}</td>"
+                f"<td>{_cell(b['cosine_min'])}</td>"
                 f"<td>{_cell(b['tightness_median'], '.3f')}</td>"
                 f"<td>{s['attack_runs'] if j == 0 else ''}</td><td{cls}>{viol}</td></tr>"
             )
