@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py            # all benchmarks (tens of minutes on 2 CPU cores)
     python benchmarks/run_all.py attacks    # only bench_attacks.py
+    python benchmarks/run_all.py --gather   # only rebuild RESULTS.md from results/*.md
 
 Each ``bench_<name>.py`` writes ``benchmarks/results/<name>.md``; RESULTS.md is their
 concatenation, in the order below. Run on a quiet machine: timings share the CPU.
@@ -18,7 +19,9 @@ ORDER = ["bounds", "attacks", "interval", "model_ranking"]
 
 
 def main(names: list[str]) -> int:
-    for name in names or ORDER:
+    gather_only = "--gather" in names
+    names = [n for n in names if n != "--gather"]
+    for name in [] if gather_only else names or ORDER:
         script = HERE / (f"bench_{name}.py" if name != "model_ranking" else "model_ranking.py")
         if not script.is_file():
             print(f"skip {name}: {script.name} not found")
