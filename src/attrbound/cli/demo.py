@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from attrbound.training import default_model
 
     out = Path(args.out)
-    model, path = default_model(args.model)
+    model, path = default_model(args.model, progress=not args.no_progress)
     cfg = model.config
     print(f"model {path}: {cfg['arch']}/{cfg['activation']} trained on {cfg['dataset']} "
           f"({cfg.get('data', '?')}), test accuracy {100 * cfg['test_accuracy']:.2f}% "
