@@ -43,12 +43,12 @@ def attribution_grid(
     fig, axes = plt.subplots(b, cols, figsize=(1.9 * cols, 1.9 * b), squeeze=False)
     for i in range(b):
         ax = axes[i][0]
-        ax.imshow(image_for_display(images[i]), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(image_for_display(images[i]).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_ylabel(titles[i] if titles else f"input {i}", fontsize=8)
         for j, (name, m) in enumerate(maps.items(), start=1):
             h = map_for_display(m[i])
             lim = float(h.abs().max()) or 1.0
-            axes[i][j].imshow(h, cmap="bwr", vmin=-lim, vmax=lim)
+            axes[i][j].imshow(h.numpy(), cmap="bwr", vmin=-lim, vmax=lim)
             if i == 0:
                 axes[i][j].set_title(name.replace("_", " "), fontsize=8)
         if i == 0:
