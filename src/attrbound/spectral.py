@@ -142,7 +142,8 @@ def lanczos(
         scale_t = torch.as_tensor(scale, dtype=torch.float64, device=dev).expand(b).clone()
 
     q = _unit(start)
-    basis = [q]
+    basis = q.new_empty((steps + 1, b, n))  # Krylov basis, filled row by row (no re-stacking)
+    basis[0] = q
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     q_prev = torch.zeros_like(q)
@@ -158,7 +159,7 @@ def lanczos(
         w = matvec(q)
         alpha = _dot(w, q)
         w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
-        stack = torch.stack(basis)  # [k+1, B, n]
+        stack = basis[: k + 1]  # [k+1, B, n], a view
         for _ in range(2):  # full re-orthogonalisation, twice is enough
             w = w - torch.einsum("kb,kbn->bn", torch.einsum("kbn,bn->kb", stack, w), stack)
         beta = w.norm(dim=1)
@@ -190,10 +191,10 @@ def lanczos(
             break
         q_prev, beta_prev = q, beta
         q = torch.where(invariant[:, None], torch.zeros_like(w), w / beta.clamp_min(tiny)[:, None])
-        basis.append(q)
+        basis[k + 1] = q
 
-    stack = torch.stack(basis)
-    u = torch.einsum("bk,kbn->bn", coef[:, : stack.shape[0]].to(q.dtype), stack)
+    stack = basis[: k + 1]
+    u = torch.einsum("bk,kbn->bn", coef[:, : k + 1].to(q.dtype), stack)
     u = _unit(u)
     ku = matvec(u)
     value = _dot(u, ku)
