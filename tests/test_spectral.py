@@ -81,6 +81,50 @@ def test_lanczos_converges_per_example():
     assert torch.allclose(e.value, exact, rtol=1e-9)
 
 
+def test_lanczos_cuts_the_batch_to_running_examples():
+    # six examples: four rank-one (exact after a step or two), two with a spread spectrum;
+    # with restrict, the batch is cut to the two slow ones, and every result still matches eigh
+    n = 50
+    u = torch.randn(4, n, generator=_gen(8), dtype=torch.float64)
+    mats = torch.cat([torch.einsum("bi,bj->bij", u, u), _symmetric(2, n, 9)])
+    calls: list[list[int]] = []
+
+    def restrict(rows: torch.Tensor):
+        calls.append(rows.tolist())
+        return _matvec(mats[rows])
+
+    cut = lanczos(_matvec(mats), _start(6, n), tol=1e-10, max_iter=n, restrict=restrict)
+    full = lanczos(_matvec(mats), _start(6, n), tol=1e-10, max_iter=n)
+    assert calls and calls[0] == [4, 5]
+    exact = torch.linalg.eigvalsh(mats)[:, -1]
+    assert torch.allclose(cut.value, exact, rtol=1e-9, atol=1e-9)
+    assert torch.equal(cut.iterations, full.iterations)
+    assert torch.equal(cut.converged, full.converged)
+    assert cut.converged.all()
+    r = torch.einsum("bij,bj->bi", mats, cut.vector) - cut.value[:, None] * cut.vector
+    assert torch.allclose(r.norm(dim=1), cut.residual, atol=1e-12)
+
+
+def test_jacobian_operator_restrict_is_the_rows_operator():
+    from attrbound import models
+    from attrbound.attributions import attribution
+    from attrbound.operators import JacobianOperator
+
+    torch.manual_seed(0)
+    model = models.freeze(models.mlp((1, 4, 4), hidden=(8,), activation_name="softplus").double())
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 3, 4])
+    attr = attribution("integrated_gradients", model, steps=3)
+    op = JacobianOperator(attr, x, t)
+    rows = torch.tensor([3, 1])
+    v = torch.randn(2, 16, dtype=torch.float64)
+    sub = op.restrict(rows)
+    full_v = torch.zeros(5, 16, dtype=torch.float64)
+    full_v[rows] = v
+    assert torch.allclose(sub.matvec(v), op.matvec(full_v)[rows], atol=1e-12)
+    assert torch.allclose(sub.rmatvec(v), op.rmatvec(full_v)[rows], atol=1e-12)
+
+
 def test_lanczos_reports_non_convergence():
     mats = _symmetric(2, 200, 6)
     e = lanczos(_matvec(mats), _start(2, 200), tol=1e-12, max_iter=3)

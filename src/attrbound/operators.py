@@ -54,6 +54,7 @@ class JacobianOperator:
         self.symmetric = is_symmetric(attr)
         self.target = target
         z = z.detach()
+        self.point = z
 
         def a_of(u: Tensor) -> Tensor:
             return attr.attribute(u, target)
@@ -85,6 +86,12 @@ class JacobianOperator:
         """M v = J^T J v for v [B, *S] or [B, n]."""
         return self.rmatvec(self.matvec(v))
 
+    def restrict(self, rows: Tensor) -> JacobianOperator:
+        """The operator of the examples ``rows`` (int64 [k]) only: J(z[rows]) for targets
+        target[rows]. Costs one A(z[rows]) with its graph; the solvers use it to stop paying
+        for examples that already converged."""
+        return JacobianOperator(self.attr, self.point[rows], self.target[rows])
+
 
 class DenseOperator:
     """The same interface over explicit matrices J [B, n, n] (vectors [B, n])."""
@@ -108,6 +115,10 @@ class DenseOperator:
     def gram(self, v: Tensor) -> Tensor:
         """J^T J v: [B, n] -> [B, n]."""
         return self.rmatvec(self.matvec(v))
+
+    def restrict(self, rows: Tensor) -> DenseOperator:
+        """The operator of the examples ``rows`` (int64 [k]) only."""
+        return DenseOperator(self.mats[rows], self.symmetric)
 
 
 def bilinear_gradient(

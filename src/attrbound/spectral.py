@@ -107,6 +107,7 @@ def lanczos(
     tol: float | None = None,
     max_iter: int = 100,
     scale: Tensor | float | None = None,
+    restrict: Callable[[Tensor], MatVec] | None = None,
 ) -> Eigen:
     """Extreme eigenpair of a symmetric operator K, batched: Lanczos with full re-orthogonalisation.
 
@@ -115,8 +116,10 @@ def lanczos(
     approximates the extreme eigenpair. Stops example b once
     ``beta_k |s_k| <= tol * max(|theta|, scale_b)`` (beta_k |s_k| is the residual norm of the Ritz
     pair in exact arithmetic), and the whole batch once every example stopped or ``max_iter``
-    (at most n) steps were made. Converged examples keep riding along with the batch (their
-    result is frozen), so one call costs max_b(iterations_b) + 1 products.
+    (at most n) steps were made. Without ``restrict``, stopped examples keep riding along with
+    the batch (their result is frozen), so one call costs max_b(iterations_b) + 1 products of
+    the whole batch; with it, the batch is cut down to the running examples whenever at most
+    half of it still runs.
 
     Args:
         matvec: v [B, n] -> K v [B, n], K_b symmetric.
@@ -127,6 +130,8 @@ def lanczos(
         max_iter: most Lanczos steps (default 100); the basis costs max_iter * B * n memory.
         scale: [B] or float; the residual is compared with tol * max(|theta|, scale)
             (default 0: purely relative). Pass the size of K when theta may be near 0.
+        restrict: optional; rows (int64 indices into the batch) -> the matvec of those
+            examples' K_b only ([len(rows), n] -> [len(rows), n]). Default None (no cutting).
 
     Returns:
         :class:`Eigen`. The tridiagonal eigenproblems are solved in float64.
@@ -141,61 +146,70 @@ def lanczos(
     if scale is not None:
         scale_t = torch.as_tensor(scale, dtype=torch.float64, device=dev).expand(b).clone()
 
+    # per example of the batch
+    vectors = torch.zeros_like(start)  # the Ritz vector Q s, set when the example stops
+    converged = torch.zeros(b, dtype=torch.bool, device=dev)
+    iterations = torch.zeros(b, dtype=torch.long, device=dev)
+    tiny = torch.finfo(start.dtype).tiny
+
+    # per running example (rows of the batch in ``live``); cut down by ``restrict``
+    live = torch.arange(b, device=dev)
+    apply = matvec
     q = _unit(start)
     basis = q.new_empty((steps + 1, b, n))  # Krylov basis, filled row by row (no re-stacking)
     basis[0] = q
-    alphas: list[Tensor] = []
-    betas: list[Tensor] = []
+    alphas = torch.zeros(b, steps, dtype=torch.float64, device=dev)
+    betas = torch.zeros(b, steps, dtype=torch.float64, device=dev)
     q_prev = torch.zeros_like(q)
     beta_prev = torch.zeros(b, dtype=q.dtype, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
-    converged = torch.zeros(b, dtype=torch.bool, device=dev)
-    iterations = torch.zeros(b, dtype=torch.long, device=dev)
-    coef = torch.zeros(b, steps, dtype=torch.float64, device=dev)
-    rows = torch.arange(b, device=dev)
-    tiny = torch.finfo(q.dtype).tiny
 
     for k in range(steps):
-        w = matvec(q)
+        w = apply(q)
         alpha = _dot(w, q)
         w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
-        stack = basis[: k + 1]  # [k+1, B, n], a view
+        stack = basis[: k + 1]  # [k+1, b_live, n], a view
         for _ in range(2):  # full re-orthogonalisation, twice is enough
             w = w - torch.einsum("kb,kbn->bn", torch.einsum("kbn,bn->kb", stack, w), stack)
         beta = w.norm(dim=1)
-        alphas.append(alpha)
-        betas.append(beta)
+        alphas[:, k] = alpha.double()
+        betas[:, k] = beta.double()
 
-        a64 = torch.stack(alphas, dim=1).double()  # [B, k+1]
-        t = torch.diag_embed(a64)
+        rows = torch.arange(live.shape[0], device=dev)
+        t = torch.diag_embed(alphas[:, : k + 1])
         if k > 0:
-            off = torch.stack(betas[:-1], dim=1).double()
+            off = betas[:, :k]
             t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
         evals, evecs = torch.linalg.eigh(t)  # ascending
         if which == "largest":
-            pick = torch.full((b,), k, dtype=torch.long, device=dev)
+            pick = torch.full((live.shape[0],), k, dtype=torch.long, device=dev)
         else:
             pick = evals.abs().argmax(dim=1)
         theta = evals[rows, pick]
-        s = evecs[rows, :, pick]  # [B, k+1]
+        s = evecs[rows, :, pick]  # [b_live, k+1]
         estimate = beta.double() * s[:, -1].abs()
-        ok = estimate <= tol * torch.maximum(theta.abs(), scale_t)
+        ok = estimate <= tol * torch.maximum(theta.abs(), scale_t[live])
         invariant = beta <= tiny
         stop = ~done & (ok | invariant | torch.tensor(k == steps - 1, device=dev))
         if stop.any():
-            coef[stop] = torch.nn.functional.pad(s, (0, steps - k - 1))[stop]
-            iterations[stop] = k + 1
-            converged |= stop & (ok | invariant)
+            idx = live[stop]
+            vectors[idx] = torch.einsum("bk,kbn->bn", s[stop].to(q.dtype), stack[:, stop])
+            iterations[idx] = k + 1
+            converged[idx] = (ok | invariant)[stop]
             done |= stop
         if bool(done.all()):
             break
         q_prev, beta_prev = q, beta
         q = torch.where(invariant[:, None], torch.zeros_like(w), w / beta.clamp_min(tiny)[:, None])
         basis[k + 1] = q
+        running = ~done
+        if restrict is not None and 2 * int(running.sum()) <= live.shape[0]:
+            live, apply = live[running], restrict(live[running])
+            basis, alphas, betas = basis[:, running], alphas[running], betas[running]
+            q, q_prev, beta_prev = q[running], q_prev[running], beta_prev[running]
+            done = done[running]
 
-    stack = basis[: k + 1]
-    u = torch.einsum("bk,kbn->bn", coef[:, : k + 1].to(q.dtype), stack)
-    u = _unit(u)
+    u = _unit(vectors)
     ku = matvec(u)
     value = _dot(u, ku)
     residual = (ku - value[:, None] * u).norm(dim=1)
@@ -245,12 +259,33 @@ def top_singular(
     Shapes: start [B, n] -> fields [B] and vector [B, n].
     """
     if op.symmetric:
-        e = lanczos(op.matvec, start, which="magnitude", tol=tol, max_iter=max_iter)
+        e = lanczos(op.matvec, start, which="magnitude", tol=tol, max_iter=max_iter,
+                    restrict=_restricted(op, "matvec"))
         sigma = e.value.abs()
         return Singular(sigma, sigma + e.residual, e.vector, e)
-    e = lanczos(op.gram, start, which="largest", tol=tol, max_iter=max_iter)
+    e = lanczos(op.gram, start, which="largest", tol=tol, max_iter=max_iter,
+                restrict=_restricted(op, "gram"))
     theta = e.value.clamp_min(0)
     return Singular(theta.sqrt(), (theta + e.residual).sqrt(), e.vector, e)
+
+
+def _restricted(
+    op: LinearOperator, product: str, shift: Tensor | None = None
+) -> Callable[[Tensor], MatVec] | None:
+    """rows -> the ``product`` (``"matvec"`` or ``"gram"``) of op restricted to those rows,
+    minus diag(shift[rows]) when a shift [B, n] is given; None when op cannot be restricted
+    (an operator may offer ``restrict(rows)``, see :mod:`attrbound.operators`)."""
+    if not hasattr(op, "restrict"):
+        return None
+
+    def make(rows: Tensor) -> MatVec:
+        apply = getattr(op.restrict(rows), product)  # type: ignore[attr-defined]
+        if shift is None:
+            return apply
+        v = shift[rows]
+        return lambda q: apply(q) - v * q
+
+    return make
 
 
 def _signs(v: Tensor, fallback: Tensor | None = None) -> Tensor:
@@ -370,7 +405,7 @@ def inf_to_two(
     """
     tol = default_tol(start.dtype) if tol is None else float(tol)
     n = start.shape[1]
-    e0 = lanczos(op.gram, start, tol=tol, max_iter=max_iter)
+    e0 = lanczos(op.gram, start, tol=tol, max_iter=max_iter, restrict=_restricted(op, "gram"))
     products = e0.iterations + 1
     lam0 = e0.value.clamp_min(0)
     f0 = n * (lam0 + e0.residual)
@@ -386,7 +421,8 @@ def inf_to_two(
     scale = lam0.double()
 
     def shifted(v: Tensor, u: Tensor, iters: int, t: float) -> Eigen:
-        return lanczos(lambda q: op.gram(q) - v * q, u, tol=t, max_iter=iters, scale=scale)
+        return lanczos(lambda q: op.gram(q) - v * q, u, tol=t, max_iter=iters, scale=scale,
+                       restrict=_restricted(op, "gram", v))
 
     v = s * op.gram(s)  # the certificate of s
     products = products + 1
