@@ -386,6 +386,10 @@ def test_grid_validation(tiny):
         Grid(model=str(tiny), bounds=(), attacks=())
     with pytest.raises(AttrboundError, match="repeats"):
         Grid(model=str(tiny), norms="2,l2")
+    with pytest.raises(AttrboundError, match="bound_options names unknown bound methods"):
+        Grid(model=str(tiny), bound_options={"exact": {}})
+    with pytest.raises(AttrboundError, match="attribution_options must map"):
+        Grid(model=str(tiny), attribution_options={"saliency": 3})
     with pytest.raises(AttrboundError, match="unknown grid setting"):
         Grid.from_dict({"model": str(tiny), "epsilon": 0.1})
     g = Grid.from_dict({"model": str(tiny), "attribution": "saliency,smoothgrad",

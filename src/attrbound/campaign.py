@@ -104,6 +104,20 @@ class ConfigMismatch(AttrboundError):
 # ----------------------------------------------------------------------------------------
 
 
+def _check_tables(
+    name: str, value: Any, known: Sequence[str], what: str, example: str
+) -> None:
+    """``value`` must map names from ``known`` to tables (dicts) of keyword arguments."""
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise AttrboundError(
+            f"{name} must map one of the {what} to a table of keyword arguments, e.g. "
+            f"{example}."
+        )
+    unknown = set(value) - set(known)
+    if unknown:
+        raise AttrboundError(f"{name} names unknown {what}: {sorted(unknown)}.")
+
+
 @dataclass
 class Grid:
     """What to evaluate: model, inputs, settings and budgets of one campaign.
@@ -184,26 +198,10 @@ class Grid:
             raise AttrboundError(f"start must be >= 0, got {self.start}.")
         if self.surrogate_beta is not None and not float(self.surrogate_beta) > 0:
             raise AttrboundError(f"surrogate_beta must be > 0, got {self.surrogate_beta}.")
-        if not isinstance(self.attribution_options, dict) or not all(
-            isinstance(v, dict) for v in self.attribution_options.values()
-        ):
-            raise AttrboundError(
-                "attribution_options must map a method name to a table of options, e.g. "
-                '{"integrated_gradients": {"steps": 16}}.'
-            )
-        unknown = set(self.attribution_options) - set(NAMES)
-        if unknown:
-            raise AttrboundError(f"attribution_options names unknown methods: {sorted(unknown)}.")
-        if not isinstance(self.bound_options, dict) or not all(
-            isinstance(v, dict) for v in self.bound_options.values()
-        ):
-            raise AttrboundError(
-                "bound_options must map a bound method to a table of keyword arguments, e.g. "
-                '{"region": {"ascent_steps": 5}}.'
-            )
-        unknown = set(self.bound_options) - set(BOUND_METHODS)
-        if unknown:
-            raise AttrboundError(f"bound_options names unknown bound methods: {sorted(unknown)}.")
+        _check_tables("attribution_options", self.attribution_options, NAMES, "methods",
+                      '{"integrated_gradients": {"steps": 16}}')
+        _check_tables("bound_options", self.bound_options, BOUND_METHODS, "bound methods",
+                      '{"region": {"ascent_steps": 5}}')
 
     @property
     def configs(self) -> list[tuple[str, str, float]]:
