@@ -16,7 +16,7 @@ from torch import nn
 import attrbound
 from attrbound import models
 from attrbound.attributions import attribution
-from attrbound.bounds import BoundResult, bound, cosine_from_euclidean
+from attrbound.bounds import BoundResult, bound, cosine_from_euclidean, taylor_from_region
 from attrbound.errors import AttrboundError
 from attrbound.norms import batch_norm
 
@@ -135,6 +135,16 @@ def test_region_is_at_least_taylor(norm, name):
     taylor = bound(model, x, method="taylor", **kw)
     region = bound(model, x, method="region", random=4, ascent_steps=4, **kw)
     assert torch.equal(region.extra["operator_norm_x"], taylor.operator_norm)
+    # region's own solve at x is taylor's: same value, diagnostics and cosine
+    derived = taylor_from_region(region)
+    assert derived.method == "taylor"
+    for name in ("euclidean", "cosine", "operator_norm", "iterations", "converged", "attr_norm"):
+        assert torch.equal(getattr(derived, name), getattr(taylor, name)), name
+    if norm == "inf":
+        assert torch.equal(derived.lower, taylor.lower)
+        assert torch.equal(derived.extra["operator_norm_v0"], taylor.extra["operator_norm_v0"])
+    with pytest.raises(AttrboundError, match="method='region'"):
+        taylor_from_region(taylor)
     assert (region.operator_norm >= taylor.operator_norm).all()
     assert (region.euclidean >= taylor.euclidean).all()
     assert (region.cosine <= taylor.cosine).all()

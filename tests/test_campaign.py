@@ -398,6 +398,41 @@ def test_grid_validation(tiny):
         ("saliency", "smoothgrad"), ("inf",), (0.1,), 8)
 
 
+def test_taylor_rows_come_from_the_region_solve(tiny, tmp_path, monkeypatch):
+    # with the real bound and both methods, taylor's rows are region's solve at x: the
+    # same figures as a run of taylor alone (one pass per batch, same seeds)
+    kw = dict(n=4, attacks=("random",), samples=2, bound_options={"region": {"random": 2,
+              "ascent_steps": 2}})
+    import attrbound.bounds
+
+    taylor_solve = attrbound.bounds._taylor
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return taylor_solve(*args, **kwargs)
+
+    monkeypatch.setattr(attrbound.bounds, "_taylor", counted)
+    both = campaign.run_campaign(small_grid(tiny, **kw), tmp_path / "both.jsonl",
+                                 progress=False)
+    assert not calls  # no separate taylor solve
+    alone = campaign.run_campaign(small_grid(tiny, bounds=("taylor",), **kw),
+                                  tmp_path / "alone.jsonl", progress=False)
+    assert [list(r["bounds"]) for r in both] == [["taylor", "region"]] * len(both)
+    for r, a in zip(both, alone, strict=True):
+        t, ta = r["bounds"]["taylor"], a["bounds"]["taylor"]
+        for key in ("euclidean", "cosine", "operator_norm", "iterations", "converged"):
+            assert t[key] == ta[key], key
+        assert r["bounds"]["region"]["euclidean"] >= t["euclidean"]
+    assert calls
+    # a taylor with its own solver options is run on its own
+    calls.clear()
+    campaign.run_campaign(
+        small_grid(tiny, **{**kw, "bound_options": {"taylor": {"tol": 1e-3}}}),
+        tmp_path / "own.jsonl", progress=False)
+    assert calls
+
+
 def test_relu_model_needs_surrogate(tmp_path):
     model = models.mlp((1, 28, 28), 10, hidden=(8,), activation_name="relu")
     path = models.save(model, tmp_path / "relu.safetensors",

@@ -233,8 +233,10 @@ def bound(
         iterations / converged of the eigen-solve that produced it, ``lower`` (l-inf: the
         sign-iteration value, a feasible lower value of the same quantity), and for region
         ``argmax`` [B, *S] and ``source`` ("x", "random", "points" or "ascent"). ``extra``
-        holds per-input tensors: ``operator_norm_x`` (region: the value at x),
-        ``operator_norm_v0`` (l-inf: sqrt(n) sigma_max, the dual at v = 0).
+        holds per-input tensors: ``operator_norm_v0`` (l-inf: sqrt(n) sigma_max, the dual
+        at v = 0), and for region taylor's solve at x: ``operator_norm_x``, ``iterations_x``,
+        ``converged_x``, ``seconds_x`` (l-inf also ``lower_x``, ``operator_norm_v0_x``); see
+        :func:`taylor_from_region`.
 
     Example::
 
@@ -316,6 +318,45 @@ def bound(
         surrogate_beta=beta,
         seconds=time.perf_counter() - started,
         extra={**cat, "options": _plain_options(opts, attr), "target": tgt},
+    )
+
+
+def taylor_from_region(region: BoundResult) -> BoundResult:
+    """The taylor bound (DESIGN 3.1) that a region bound computed on the way, at no cost.
+
+    method="region" starts with exactly taylor's tight solve at x (same solver, options and
+    seed) and keeps it in ``extra`` (``operator_norm_x``, ``iterations_x``, ...); this
+    rebuilds the taylor :class:`BoundResult` from it: euclidean = eps * ||J(x)||_{p->2},
+    cosine from it, the x solve's diagnostics, ``seconds`` = the time of that solve. Equal to
+    ``bound(..., method="taylor")`` with the same options when the inputs fit one pass
+    (otherwise the start vectors of later passes differ, within the solver's tolerance).
+
+    Shapes: every tensor field [B], as in ``region``.
+    """
+    if region.method != "region" or "operator_norm_x" not in region.extra:
+        raise AttrboundError("taylor_from_region needs the result of bound(..., method='region').")
+    ex = region.extra
+    op_norm = ex["operator_norm_x"]
+    euclidean = region.eps * op_norm
+    extra: dict[str, Any] = {"options": {**ex["options"], "from_region": True},
+                             "target": ex["target"]}
+    if "operator_norm_v0_x" in ex:
+        extra["operator_norm_v0"] = ex["operator_norm_v0_x"]
+    return BoundResult(
+        method="taylor",
+        attribution=region.attribution,
+        norm=region.norm,
+        eps=region.eps,
+        euclidean=euclidean,
+        cosine=cosine_from_euclidean(euclidean, region.attr_norm),
+        attr_norm=region.attr_norm,
+        operator_norm=op_norm,
+        iterations=ex["iterations_x"],
+        converged=ex["converged_x"],
+        lower=ex.get("lower_x"),
+        surrogate_beta=region.surrogate_beta,
+        seconds=float(ex["seconds_x"].sum()),
+        extra=extra,
     )
 
 
@@ -546,7 +587,9 @@ def _region(
     """eps * sup_{z in P(x)} ||J(z)||_{p->2} estimated (DESIGN 3.2) for one chunk x [B, *S];
     points: [P, B, *S] or None."""
     b, shape = x.shape[0], tuple(x.shape[1:])
+    started = time.perf_counter()
     sx = _solve(attr, x, target, norm, opts, gen)
+    seconds_x = torch.full((b,), (time.perf_counter() - started) / b, dtype=torch.float64)
     best = torch.full((b,), -math.inf, dtype=sx.upper.dtype, device=x.device)
     best_z = x
     code = torch.zeros(b, dtype=torch.long, device=x.device)
@@ -591,7 +634,9 @@ def _region(
         consider(top, zs.reshape((r, b) + shape)[idx, rows], 3)
 
     out = _result(sx)
-    out["operator_norm_x"] = sx.upper
+    # taylor's result, computed on the way (see taylor_from_region)
+    out.update({f"{k}_x": v for k, v in _result(sx).items() if k != "attr_norm"})
+    out["seconds_x"] = seconds_x
     out["argmax"] = x.clone()
     out["source"] = [_SOURCES[0]] * b
     if not bool(torch.isfinite(best).any()):
