@@ -416,6 +416,10 @@ def test_taylor_rows_come_from_the_region_solve(tiny, tmp_path, monkeypatch):
     both = campaign.run_campaign(small_grid(tiny, **kw), tmp_path / "both.jsonl",
                                  progress=False)
     assert not calls  # no separate taylor solve
+    for r in both:  # taylor's time is the part of region's spent at x, counted once
+        sec = r["seconds"]
+        assert sec["bound:taylor"] <= sec["bound:region"]
+        assert sec["total"] == pytest.approx(sec["attack:random"] + sec["bound:region"])
     alone = campaign.run_campaign(small_grid(tiny, bounds=("taylor",), **kw),
                                   tmp_path / "alone.jsonl", progress=False)
     assert [list(r["bounds"]) for r in both] == [["taylor", "region"]] * len(both)
