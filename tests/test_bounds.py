@@ -19,6 +19,7 @@ from attrbound.attributions import attribution
 from attrbound.bounds import BoundResult, bound, cosine_from_euclidean, taylor_from_region
 from attrbound.errors import AttrboundError
 from attrbound.norms import batch_norm
+from attrbound.operators import bilinear_gradient
 
 # ----------------------------------------------------------------------------------------
 # small smooth float64 models and their full Jacobians (the independent reference)
@@ -123,6 +124,34 @@ def test_cosine_bound_against_brute_force_on_the_sphere():
         assert ((inner @ a[0]) / (inner.norm(dim=1) * an) >= lb - 1e-12).all()
     # U >= ||a||: the ball reaches past the origin, no guarantee
     assert cosine_from_euclidean(an.reshape(1) * 1.01, an.reshape(1))[0] == -1
+
+
+@pytest.mark.parametrize("name,opts", ATTRS[:3])
+def test_bilinear_gradient_against_finite_differences(name, opts):
+    # phi(z) = u^T J(z) w with J from the full autograd Jacobian; its gradient by central
+    # differences of that reference, and J w / J^T u on the way
+    model, x = _mlp(d=6, seed=4), _inputs((6,), b=2, seed=5)
+    a = attribution(name, model, **opts)
+    target = model(x).argmax(dim=1)
+    g = torch.Generator().manual_seed(6)
+    u, w = (torch.randn(2, 6, generator=g, dtype=torch.float64) for _ in range(2))
+
+    def phi(z: torch.Tensor) -> torch.Tensor:  # [B] by the full Jacobian
+        j = _full_jacobian(model, name, z, **opts)
+        return torch.einsum("bi,bij,bj->b", u, j, w)
+
+    h = 1e-5
+    fd = torch.stack([(phi(x + h * e) - phi(x - h * e)) / (2 * h) for e in torch.eye(6)], dim=1)
+    j = _full_jacobian(model, name, x, **opts)
+    for transpose in (False, True):
+        grad, aux = bilinear_gradient(a, x, target, u, w, transpose=transpose)
+        assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-8), transpose
+        ref = torch.einsum("bji,bj->bi", j, u) if transpose else torch.einsum("bij,bj->bi", j, w)
+        assert torch.allclose(aux, ref, rtol=1e-10, atol=1e-12)
+    if name == "saliency":  # symmetric J: the roles of u and w swap (the ascent uses this)
+        grad, aux = bilinear_gradient(a, x, target, w, u, transpose=True)
+        assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-8)
+        assert torch.allclose(aux, torch.einsum("bij,bj->bi", j, w), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("norm", ["2", "inf"])
