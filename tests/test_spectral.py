@@ -105,6 +105,23 @@ def test_lanczos_cuts_the_batch_to_running_examples():
     assert torch.allclose(r.norm(dim=1), cut.residual, atol=1e-12)
 
 
+@pytest.mark.parametrize("cut", [False, True])
+def test_lanczos_survives_invariant_krylov_spaces(cut):
+    # K_b = diag(5, 1, ..., 1) from the all-ones start: the Krylov space is invariant after
+    # two steps (up to rounding); example 0 (a spread diagonal) keeps running for many more.
+    # The stopped examples must not turn rounding noise into a breakdown of the batch.
+    n = 1000
+    d = torch.ones(4, n, dtype=torch.float64)
+    d[:, 0] = 5.0
+    d[0] = torch.linspace(0, 1, n, dtype=torch.float64)
+    restrict = (lambda rows: (lambda v, dd=d[rows]: dd * v)) if cut else None
+    e = lanczos(lambda v: d * v, torch.ones(4, n, dtype=torch.float64), tol=1e-3,
+                max_iter=100, restrict=restrict)
+    assert torch.allclose(e.value[1:], torch.full((3,), 5.0, dtype=torch.float64))
+    assert (e.iterations[1:] <= 3).all() and e.converged.all()
+    assert abs(e.value[0].item() - 1.0) < 1e-3
+
+
 def test_jacobian_operator_restrict_is_the_rows_operator():
     from attrbound import models
     from attrbound.attributions import attribution

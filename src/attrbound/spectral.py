@@ -156,8 +156,11 @@ def lanczos(
     live = torch.arange(b, device=dev)
     apply = matvec
     q = _unit(start)
-    basis = q.new_empty((steps + 1, b, n))  # Krylov basis, filled row by row (no re-stacking)
+    # Krylov basis [slots, b_live, n], filled row by row; grown by doubling (no re-stacking)
+    basis = q.new_empty((min(steps + 1, 4), b, n))
     basis[0] = q
+    knorm = torch.zeros(b, dtype=torch.float64, device=dev)  # running estimate of ||K_b||
+    rounding = torch.finfo(start.dtype).eps
     alphas = torch.zeros(b, steps, dtype=torch.float64, device=dev)
     betas = torch.zeros(b, steps, dtype=torch.float64, device=dev)
     q_prev = torch.zeros_like(q)
@@ -174,6 +177,7 @@ def lanczos(
         beta = w.norm(dim=1)
         alphas[:, k] = alpha.double()
         betas[:, k] = beta.double()
+        knorm = torch.maximum(knorm, alpha.double().abs() + beta.double() + beta_prev.double())
 
         rows = torch.arange(live.shape[0], device=dev)
         t = torch.diag_embed(alphas[:, : k + 1])
@@ -189,7 +193,8 @@ def lanczos(
         s = evecs[rows, :, pick]  # [b_live, k+1]
         estimate = beta.double() * s[:, -1].abs()
         ok = estimate <= tol * torch.maximum(theta.abs(), scale_t[live])
-        invariant = beta <= tiny
+        # breakdown: K q_k lies in the basis up to rounding, the Krylov space is invariant
+        invariant = (beta <= tiny) | (beta.double() <= rounding * knorm)
         stop = ~done & (ok | invariant | torch.tensor(k == steps - 1, device=dev))
         if stop.any():
             idx = live[stop]
@@ -199,13 +204,20 @@ def lanczos(
             done |= stop
         if bool(done.all()):
             break
-        q_prev, beta_prev = q, beta
-        q = torch.where(invariant[:, None], torch.zeros_like(w), w / beta.clamp_min(tiny)[:, None])
+        # stopped examples ride along with q = 0 (their T_k no longer changes)
+        q_prev, beta_prev = q, torch.where(done, torch.zeros_like(beta), beta)
+        q = torch.where((invariant | done)[:, None], torch.zeros_like(w),
+                        w / beta.clamp_min(tiny)[:, None])
+        if k + 1 == basis.shape[0]:
+            grown = basis.new_empty((min(steps + 1, 2 * basis.shape[0]),) + basis.shape[1:])
+            grown[: k + 1] = basis
+            basis = grown
         basis[k + 1] = q
         running = ~done
         if restrict is not None and 2 * int(running.sum()) <= live.shape[0]:
             live, apply = live[running], restrict(live[running])
-            basis, alphas, betas = basis[:, running], alphas[running], betas[running]
+            basis = basis[: k + 2, running]  # the filled slots only
+            alphas, betas, knorm = alphas[running], betas[running], knorm[running]
             q, q_prev, beta_prev = q[running], q_prev[running], beta_prev[running]
             done = done[running]
 
