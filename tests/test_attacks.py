@@ -392,3 +392,23 @@ def test_cli_attack_writes_rows(mnist_cnn, tmp_path, capsys):
     assert all(r["label_kept"] for r in rows)
     table = capsys.readouterr().out
     assert "pgd" in table and "random" in table and "wrote 20 rows" in table
+
+
+@pytest.mark.parametrize("method", ["pgd", "random"])
+def test_per_example_baseline_through_restarts_and_passes(method):
+    # integrated gradients with a baseline [B, *S], 2 restarts and passes of 2 inputs: every
+    # reported deviation is that of the input's own baseline, recomputed here one by one
+    torch.manual_seed(3)
+    model = models.freeze(models.mlp((1, 4, 4), hidden=(8,), activation_name="softplus").double())
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(5, 1, 4, 4, generator=g, dtype=torch.float64)
+    base = 0.5 * torch.rand(5, 1, 4, 4, generator=g, dtype=torch.float64)
+    res = attack(model, x, eps=0.2, norm="2", method=method, attribution="integrated_gradients",
+                 attribution_options={"steps": 4, "baseline": base}, restarts=2, steps=3, n=6,
+                 batch_size=8)
+    assert res.found.any()
+    for i in range(5):
+        a = attribution("integrated_gradients", model, steps=4, baseline=base[i])
+        t = model(x[i : i + 1]).argmax(dim=1)
+        dev = (a.attribute(res.x_adv[i : i + 1], t) - a.attribute(x[i : i + 1], t)).norm()
+        assert res.euclidean[i].item() == pytest.approx(dev.item(), rel=1e-9, abs=1e-12)

@@ -155,6 +155,29 @@ def test_bilinear_gradient_against_finite_differences(name, opts):
 
 
 @pytest.mark.parametrize("norm", ["2", "inf"])
+def test_per_example_baseline_survives_passes_and_cuts(norm):
+    # integrated gradients with a baseline [B, *S]: the bound in passes of 2 inputs, with the
+    # solver cutting its batch as examples converge, equals each input bounded alone with
+    # its own baseline; region runs on the same footing and stays above taylor
+    model = _cnn(seed=7)
+    base = _inputs((1, 8, 8), b=5, seed=8) * 0.5
+    x = _inputs((1, 8, 8), b=5, seed=9)
+    x[:3] = base[:3] + 1e-3 * x[:3]  # near their baseline: quick to converge
+    kw = dict(eps=0.05, norm=norm, attribution="integrated_gradients", tol=1e-10)
+    opts = {"steps": 4, "baseline": base}
+    taylor = bound(model, x, method="taylor", attribution_options=opts, batch_size=2, **kw)
+    alone = torch.cat([
+        bound(model, x[i : i + 1], method="taylor",
+              attribution_options={"steps": 4, "baseline": base[i]}, **kw).operator_norm
+        for i in range(5)
+    ])
+    assert torch.allclose(taylor.operator_norm, alone, rtol=1e-8)
+    region = bound(model, x, method="region", attribution_options=opts, batch_size=2,
+                   random=2, ascent_steps=2, **kw)
+    assert (region.operator_norm >= taylor.operator_norm * (1 - 1e-9)).all()
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
 @pytest.mark.parametrize("name", ["saliency", "integrated_gradients"])
 def test_region_is_at_least_taylor(norm, name):
     model, x = _cnn(seed=2), _inputs((1, 8, 8), b=3, seed=6)

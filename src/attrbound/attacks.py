@@ -334,6 +334,14 @@ class _Problem:
     def steer_is_real(self) -> bool:
         return self.steer is self.real
 
+    def stacked(self, times: int) -> tuple[Attribution, Attribution]:
+        """(real, steer) for ``times`` copies of the chunk stacked as [times*B, *S] (they
+        differ from real, steer only for per-example options, e.g. a baseline [B, *S])."""
+        rows = torch.arange(self.x.shape[0], device=self.x.device).repeat(times)
+        real = self.real.for_rows(rows, tuple(self.x.shape))
+        steer = real if self.steer_is_real else self.steer.for_rows(rows, tuple(self.x.shape))
+        return real, steer
+
 
 def _repeat(t: Tensor, r: int) -> Tensor:
     return t.repeat((r,) + (1,) * (t.dim() - 1))
@@ -412,12 +420,13 @@ def _ascend(
     target, label = _repeat(pb.target, r), _repeat(pb.label, r)
     st = {key: _repeat(v, r) for key, v in state.items()}
     base = obj.score(pb.clean, state)  # the score of x itself: what a point must beat
+    real, steer = pb.stacked(r)
 
     def total_gain(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if pb.steer_is_real:  # the label check comes out of the same forward pass
-            a, logits = _map_and_logits(pb.steer, u, target)
+            a, logits = _map_and_logits(steer, u, target)
         else:
-            a = pb.steer.attribute(u, target)
+            a = steer.attribute(u, target)
             logits = a.new_empty(0)  # unused: scores and labels come from the real model
         return obj.gain(a, st).sum(), (a, logits)
 
@@ -432,9 +441,9 @@ def _ascend(
             if pb.steer_is_real:
                 pred = logits.argmax(dim=1)
             else:  # gradients from the surrogate: score and label on the real model
-                a, pred = _evaluate(pb, z, target)
+                a, pred = _evaluate_maps(real, pb.model, z, target)
         else:  # the last iterate is scored, not stepped from
-            a, pred = _evaluate(pb, z, target)
+            a, pred = _evaluate_maps(real, pb.model, z, target)
         s = obj.score(a, st)
         better = (pred == label) & (s > best)
         best = torch.where(better, s, best)
@@ -473,7 +482,9 @@ def _sample(
     while done < samples:
         c = min(per, samples - done)
         z = sample_ball(pb.x, pb.eps, pb.norm, c, gen, pb.domain)  # [c, B, *S]
-        a, pred = _evaluate(pb, z.reshape((c * b,) + pb.x.shape[1:]), _repeat(pb.target, c))
+        real = pb.stacked(c)[0]
+        a, pred = _evaluate_maps(real, pb.model, z.reshape((c * b,) + pb.x.shape[1:]),
+                                 _repeat(pb.target, c))
         s = obj.score(a, {key: _repeat(v, c) for key, v in state.items()}).reshape(c, b)
         valid = pred.reshape(c, b) == pb.label
         sv = torch.where(valid, s, torch.full_like(s, -math.inf))
@@ -614,8 +625,11 @@ def attack(
     for lo in range(0, b, chunk):
         sl = slice(lo, lo + chunk)
         xs, ts = x[sl], tgt[sl]
-        clean, label = _evaluate_maps(real, model, xs, ts)
-        pb = _Problem(model, real, steer, xs, label, ts, clean, eps, norm, domain)
+        idx = torch.arange(x.shape[0], device=x.device)[sl]
+        real_c = real.for_rows(idx, tuple(x.shape))
+        steer_c = real_c if steer is real else steer.for_rows(idx, tuple(x.shape))
+        clean, label = _evaluate_maps(real_c, model, xs, ts)
+        pb = _Problem(model, real_c, steer_c, xs, label, ts, clean, eps, norm, domain)
         state = obj.prepare(clean)
         if method == "random":
             z, best, base, points = _sample(pb, obj, state, samples=samples, rows=rows,

@@ -109,6 +109,12 @@ class Attribution:
         other.model = model
         return other
 
+    def for_rows(self, rows: Tensor, shape: tuple[int, ...]) -> Attribution:
+        """The same map for the examples x[rows] (int64 [k]) of a batch x shaped ``shape``
+        [B, *S]: itself, unless it holds per-example state (integrated gradients' baseline
+        shaped [B, *S])."""
+        return self
+
     def gradient(self, z: Tensor, target: Tensor) -> Tensor:
         """g(z) = d f_t(z) / dz for a batch z: [N, *S] and targets int64 [N]."""
 
@@ -197,6 +203,16 @@ class IntegratedGradients(Attribution):
             "baseline": base,
             "internal_batch_size": self.internal_batch_size,
         }
+
+    def for_rows(self, rows: Tensor, shape: tuple[int, ...]) -> Attribution:
+        """A baseline shaped like the batch, [B, *S] = ``shape`` with B > 1, is cut to
+        baseline[rows]; any other baseline serves every example as it is."""
+        b = self.baseline
+        if not (isinstance(b, Tensor) and b.dim() == len(shape) and b.shape[0] == shape[0] > 1):
+            return self
+        other = copy.copy(self)
+        other.baseline = b[rows.to(b.device)]
+        return other
 
     def baseline_for(self, x: Tensor) -> Tensor:
         """The baseline b broadcast to x's shape, device and dtype."""

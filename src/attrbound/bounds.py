@@ -296,7 +296,8 @@ def bound(
     for lo in range(0, x.shape[0], limit):
         sl = slice(lo, lo + limit)
         pts = None if points is None else points[sl].transpose(0, 1)
-        parts.append(run(attr_used, x[sl], tgt[sl], eps, norm, domain, opts, gen, pts, limit))
+        chunk = attr_used.for_rows(torch.arange(x.shape[0], device=x.device)[sl], x.shape)
+        parts.append(run(chunk, x[sl], tgt[sl], eps, norm, domain, opts, gen, pts, limit))
     cat = _concat(parts)
     op_norm = cat.pop("operator_norm")
     attr_norm = cat.pop("attr_norm")
@@ -614,10 +615,10 @@ def _region(
     for cand, kind in groups:
         k = cand.shape[0]
         flat = cand.reshape((k * b,) + shape)
-        tt, warm = target.repeat(k), sx.vector.repeat(k, 1)
+        tt, warm, of = target.repeat(k), sx.vector.repeat(k, 1), rows.repeat(k)
         (scores,) = _rows(
-            lambda sl, flat=flat, tt=tt, warm=warm: (
-                _screen(attr, flat[sl], tt[sl], warm[sl], norm, opts),
+            lambda sl, flat=flat, tt=tt, warm=warm, of=of: (
+                _screen(attr.for_rows(of[sl], x.shape), flat[sl], tt[sl], warm[sl], norm, opts),
             ),
             k * b, limit,
         )
@@ -629,9 +630,10 @@ def _region(
         first = torch.where(_bcast(torch.isfinite(best), x), best_z, x)
         starts = [first] + [sample_ball(x, eps, norm, 1, gen, domain)[0] for _ in range(r - 1)]
         z0, xx = torch.cat(starts), x.repeat((r,) + (1,) * len(shape))
-        tt, ww = target.repeat(r), sx.vector.repeat(r, 1)
+        tt, ww, of = target.repeat(r), sx.vector.repeat(r, 1), rows.repeat(r)
         scores, zs = _rows(
-            lambda sl: _ascend(attr, xx[sl], tt[sl], z0[sl], ww[sl], eps, norm, domain, opts),
+            lambda sl: _ascend(attr.for_rows(of[sl], x.shape), xx[sl], tt[sl], z0[sl], ww[sl],
+                               eps, norm, domain, opts),
             r * b, limit,
         )
         top, idx = scores.reshape(r, b).max(dim=0)

@@ -90,7 +90,8 @@ class JacobianOperator:
         """The operator of the examples ``rows`` (int64 [k]) only: J(z[rows]) for targets
         target[rows]. Costs one A(z[rows]) with its graph; the solvers use it to stop paying
         for examples that already converged."""
-        return JacobianOperator(self.attr, self.point[rows], self.target[rows])
+        attr = self.attr.for_rows(rows, self.shape)
+        return JacobianOperator(attr, self.point[rows], self.target[rows])
 
 
 class DenseOperator:
