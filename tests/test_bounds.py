@@ -189,6 +189,12 @@ def test_region_is_at_least_taylor(norm, name):
     assert torch.equal(region.extra["operator_norm_x"], taylor.operator_norm)
     # region's own solve at x is taylor's: same value, diagnostics and cosine
     derived = taylor_from_region(region)
+    # ... in every pass: one input per pass, region drawing its own random points in between
+    passes = dict(kw, batch_size=1)
+    chunked = taylor_from_region(bound(model, x, method="region", random=4, ascent_steps=4,
+                                       **passes))
+    assert torch.equal(chunked.operator_norm, bound(model, x, method="taylor",
+                                                    **passes).operator_norm)
     assert derived.method == "taylor"
     for name in ("euclidean", "cosine", "operator_norm", "iterations", "converged", "attr_norm"):
         assert torch.equal(getattr(derived, name), getattr(taylor, name)), name
@@ -286,7 +292,14 @@ def test_region_catches_what_taylor_misses(norm):
     else:  # ||2 c (x + eps)||_2, every coordinate moved by eps
         sup = (2 * c * (x + eps)).norm(dim=1)
     assert (region.operator_norm <= sup * (1 + 1e-5)).all()  # an estimate of the sup ...
-    assert (region.operator_norm >= 0.95 * sup).all()  # ... that gets close to it
+    if norm == "2":
+        assert (region.operator_norm >= 0.95 * sup).all()  # ... that gets close to it
+    else:
+        # ... less close in l-inf: ||2 c z|| has a local maximum at every vertex of the cube
+        # (z_i goes to x_i - eps once it is negative), and the one ascent climbs the basin of
+        # its start, the best screened random point. Measured over seeds 0-5: 0.80-1.0 of
+        # the sup (the 0.95 once asserted here held for this seed's draws only)
+        assert (region.operator_norm >= 0.75 * sup).all()
     if norm == "2":  # with long ascent steps it reaches the corner x + eps e_i
         long = bound(model, x, method="region", step_size=eps, **kw)
         assert torch.allclose(long.operator_norm, sup, rtol=1e-3)

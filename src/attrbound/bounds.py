@@ -48,6 +48,9 @@ from attrbound.spectral import inf_to_two, random_start, top_singular
 
 METHODS = ("taylor", "region", "interval")
 
+#: region's own random stream is seeded with seed + this (the solves at x use seed itself)
+_REGION_STREAM = 0x5EED
+
 #: model evaluations per pass by default (as for the attacks): inputs per pass are this
 #: divided by the evaluations one map needs (integrated gradients: its steps).
 POINTS_PER_PASS = 512
@@ -204,7 +207,9 @@ def bound(
         max_iter: most Lanczos steps per tight eigen-solve (default 100).
         dual_steps, inner_iter, sign_steps: of the l-inf dual and the sign iteration
             (defaults 10, 12, 50; :func:`attrbound.spectral.inf_to_two`).
-        seed: seed of the CPU generator of the start vectors and random points (default 0).
+        seed: seed of the CPU generators (default 0): the start vectors of the solves at x
+            draw from one seeded with ``seed`` (taylor's and region's agree), region's random
+            points, restarts and further start vectors from one seeded with seed + 0x5EED.
         batch_size: inputs per pass (default 512 model evaluations per pass: 512 inputs for
             saliency, 16 for integrated gradients with 32 steps), bounding memory.
 
@@ -288,7 +293,11 @@ def bound(
         )
     tgt = resolve_target(model, x, target)
     points = _check_points(opts.get("points"), x, eps, norm, domain)
-    gen = torch.Generator().manual_seed(int(opts["seed"]))
+    # two streams: the start vectors of the solves at x (taylor's, also region's first solve,
+    # so the two agree in every pass) and everything else region draws (random points,
+    # restarts, the start of its solve at the best point)
+    gens = (torch.Generator().manual_seed(int(opts["seed"])),
+            torch.Generator().manual_seed(int(opts["seed"]) + _REGION_STREAM))
     limit = opts["batch_size"] or default_batch_size(attr_used)
     run = _region if method == "region" else _taylor
 
@@ -297,7 +306,7 @@ def bound(
         sl = slice(lo, lo + limit)
         pts = None if points is None else points[sl].transpose(0, 1)
         chunk = attr_used.for_rows(torch.arange(x.shape[0], device=x.device)[sl], x.shape)
-        parts.append(run(chunk, x[sl], tgt[sl], eps, norm, domain, opts, gen, pts, limit))
+        parts.append(run(chunk, x[sl], tgt[sl], eps, norm, domain, opts, gens, pts, limit))
     cat = _concat(parts)
     op_norm = cat.pop("operator_norm")
     attr_norm = cat.pop("attr_norm")
@@ -329,8 +338,8 @@ def taylor_from_region(region: BoundResult) -> BoundResult:
     seed) and keeps it in ``extra`` (``operator_norm_x``, ``iterations_x``, ...); this
     rebuilds the taylor :class:`BoundResult` from it: euclidean = eps * ||J(x)||_{p->2},
     cosine from it, the x solve's diagnostics, ``seconds`` = the time of that solve. Equal to
-    ``bound(..., method="taylor")`` with the same options when the inputs fit one pass
-    (otherwise the start vectors of later passes differ, within the solver's tolerance).
+    ``bound(..., method="taylor")`` with the same options (the solves at x draw their start
+    vectors from their own stream, so this holds in every pass).
 
     Shapes: every tensor field [B], as in ``region``.
     """
@@ -499,11 +508,11 @@ def _result(s: _Solve) -> dict[str, Any]:
 
 def _taylor(
     attr: Attribution, x: Tensor, target: Tensor, eps: float, norm: str,
-    domain: tuple[float, float] | None, opts: dict[str, Any], gen: torch.Generator,
-    points: Tensor | None, limit: int,
+    domain: tuple[float, float] | None, opts: dict[str, Any],
+    gens: tuple[torch.Generator, torch.Generator], points: Tensor | None, limit: int,
 ) -> dict[str, Any]:
     """eps * ||J(x)||_{p->2} (DESIGN 3.1) for one chunk x [B, *S]."""
-    return _result(_solve(attr, x, target, norm, opts, gen))
+    return _result(_solve(attr, x, target, norm, opts, gens[0]))
 
 
 def _rows(fn: Callable[[slice], tuple[Tensor, ...]], n: int, limit: int) -> tuple[Tensor, ...]:
@@ -586,14 +595,15 @@ def _ascend(
 
 def _region(
     attr: Attribution, x: Tensor, target: Tensor, eps: float, norm: str,
-    domain: tuple[float, float] | None, opts: dict[str, Any], gen: torch.Generator,
-    points: Tensor | None, limit: int,
+    domain: tuple[float, float] | None, opts: dict[str, Any],
+    gens: tuple[torch.Generator, torch.Generator], points: Tensor | None, limit: int,
 ) -> dict[str, Any]:
     """eps * sup_{z in P(x)} ||J(z)||_{p->2} estimated (DESIGN 3.2) for one chunk x [B, *S];
     points: [P, B, *S] or None."""
     b, shape = x.shape[0], tuple(x.shape[1:])
+    gen = gens[1]
     started = time.perf_counter()
-    sx = _solve(attr, x, target, norm, opts, gen)
+    sx = _solve(attr, x, target, norm, opts, gens[0])
     seconds_x = torch.full((b,), (time.perf_counter() - started) / b, dtype=torch.float64)
     best = torch.full((b,), -math.inf, dtype=sx.upper.dtype, device=x.device)
     best_z = x

@@ -372,7 +372,8 @@ def make_row(
     - ``tightness``: bound method -> best euclidean attack / bound (:func:`tightness`);
     - ``attack_runs``: attack runs (inputs x restarts) spent on this row;
     - ``seconds``: per-method and total wall time attributed to this row (its share of the
-      batch call);
+      batch call); a taylor taken from the region bound's solve (``taylor_from_region``) shows
+      that part of region's time, which ``total`` counts once;
     - ``seed`` (of this row's unit), ``config`` (the campaign identity plus ``config_id``,
       ``model`` path, ``torch`` version), ``adv`` (sidecar file and position of x_adv).
     """
