@@ -335,12 +335,19 @@ class _Problem:
         return self.steer is self.real
 
     def stacked(self, times: int) -> tuple[Attribution, Attribution]:
-        """(real, steer) for ``times`` copies of the chunk stacked as [times*B, *S] (they
-        differ from real, steer only for per-example options, e.g. a baseline [B, *S])."""
+        """(real, steer) for ``times`` copies of the chunk stacked as [times*B, *S]."""
         rows = torch.arange(self.x.shape[0], device=self.x.device).repeat(times)
-        real = self.real.for_rows(rows, tuple(self.x.shape))
-        steer = real if self.steer_is_real else self.steer.for_rows(rows, tuple(self.x.shape))
-        return real, steer
+        return _for_rows(self.real, self.steer, rows, tuple(self.x.shape))
+
+
+def _for_rows(
+    real: Attribution, steer: Attribution, rows: Tensor, shape: tuple[int, ...]
+) -> tuple[Attribution, Attribution]:
+    """(real, steer) for the inputs x[rows] of a batch shaped ``shape``; they differ from
+    real, steer only for per-example options (e.g. a baseline [B, *S]); steer stays the
+    same object as real when it was."""
+    real_rows = real.for_rows(rows, shape)
+    return real_rows, real_rows if steer is real else steer.for_rows(rows, shape)
 
 
 def _repeat(t: Tensor, r: int) -> Tensor:
@@ -626,8 +633,7 @@ def attack(
         sl = slice(lo, lo + chunk)
         xs, ts = x[sl], tgt[sl]
         idx = torch.arange(x.shape[0], device=x.device)[sl]
-        real_c = real.for_rows(idx, tuple(x.shape))
-        steer_c = real_c if steer is real else steer.for_rows(idx, tuple(x.shape))
+        real_c, steer_c = _for_rows(real, steer, idx, tuple(x.shape))
         clean, label = _evaluate_maps(real_c, model, xs, ts)
         pb = _Problem(model, real_c, steer_c, xs, label, ts, clean, eps, norm, domain)
         state = obj.prepare(clean)

@@ -651,7 +651,7 @@ def _region(
 
     out = _result(sx)
     # taylor's result, computed on the way (see taylor_from_region)
-    out.update({f"{k}_x": v for k, v in _result(sx).items() if k != "attr_norm"})
+    out.update({f"{k}_x": v for k, v in list(out.items()) if k != "attr_norm"})
     out["seconds_x"] = seconds_x
     out["argmax"] = x.clone()
     out["source"] = [_SOURCES[0]] * b
