@@ -45,9 +45,7 @@ from torch import Tensor, nn
 from attrbound import metrics
 from attrbound.attributions import (
     Attribution,
-    IntegratedGradients,
     Saliency,
-    SmoothGrad,
     check_batch,
     resolve_target,
 )
@@ -80,10 +78,7 @@ def default_step_size(eps: float, steps: int) -> float:
 def default_batch_size(attr: Attribution) -> int:
     """Attack runs per pass: POINTS_PER_PASS divided by the model evaluations one map needs
     (integrated gradients: its steps; smoothgrad: its samples; otherwise 1)."""
-    per = int(getattr(attr, "steps", 1)) if isinstance(attr, IntegratedGradients) else 1
-    if isinstance(attr, SmoothGrad):
-        per = attr.n
-    return max(1, POINTS_PER_PASS // max(1, per))
+    return max(1, POINTS_PER_PASS // attr.evaluations)
 
 
 def default_k(shape: tuple[int, ...]) -> int:

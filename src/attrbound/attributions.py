@@ -103,6 +103,12 @@ class Attribution:
         """The method's options, as plain values (for reports and rows)."""
         return {}
 
+    @property
+    def evaluations(self) -> int:
+        """Model evaluations (gradient points) one map of one example needs: 1 here;
+        integrated gradients: its steps; smoothgrad: its samples."""
+        return 1
+
     def with_model(self, model: nn.Module) -> Attribution:
         """The same method and options applied to another model (e.g. a smooth surrogate)."""
         other = copy.copy(self)
@@ -194,6 +200,10 @@ class IntegratedGradients(Attribution):
         self.baseline = baseline
         self.internal_batch_size = internal_batch_size
 
+    @property
+    def evaluations(self) -> int:
+        return self.steps
+
     def options(self) -> dict[str, Any]:
         plain = self.baseline is None or isinstance(self.baseline, float)
         base = self.baseline if plain else "tensor"
@@ -279,6 +289,10 @@ class SmoothGrad(Attribution):
             input_shape = tuple(config["input_shape"])
         if input_shape is not None:
             self._noise = self._draw(tuple(int(s) for s in input_shape))
+
+    @property
+    def evaluations(self) -> int:
+        return self.n
 
     def options(self) -> dict[str, Any]:
         return {"n": self.n, "sigma": self.sigma, "seed": self.seed}

@@ -34,8 +34,6 @@ from torch import Tensor, nn
 
 from attrbound.attributions import (
     Attribution,
-    IntegratedGradients,
-    SmoothGrad,
     check_batch,
     resolve_target,
 )
@@ -51,8 +49,14 @@ METHODS = ("taylor", "region", "interval")
 #: region's own random stream is seeded with seed + this (the solves at x use seed itself)
 _REGION_STREAM = 0x5EED
 
-#: model evaluations per pass by default (as for the attacks): inputs per pass are this
-#: divided by the evaluations one map needs (integrated gradients: its steps).
+#: model evaluations per pass by default: inputs per pass are this divided by the
+#: evaluations one map needs (integrated gradients: its steps). Unlike an attack's fixed
+#: number of steps, the solvers' iteration counts differ between inputs, and a pass lasts as
+#: long as its slowest input: on the CPU (2 cores, 1 thread; benchmarks/bench_bounds.py's
+#: models) small passes measured fastest, 16 inputs for saliency (d = 784 and 3072) and one
+#: input for integrated gradients with 32 steps (0.84 s per input at d = 3072, against 1.05
+#: with 8 inputs per pass and 1.22 with 16). Elsewhere (a GPU) wide passes pay.
+POINTS_PER_PASS_CPU = 16
 POINTS_PER_PASS = 512
 
 #: options of taylor and region, with their defaults (see :func:`bound`)
@@ -210,8 +214,9 @@ def bound(
         seed: seed of the CPU generators (default 0): the start vectors of the solves at x
             draw from one seeded with ``seed`` (taylor's and region's agree), region's random
             points, restarts and further start vectors from one seeded with seed + 0x5EED.
-        batch_size: inputs per pass (default 512 model evaluations per pass: 512 inputs for
-            saliency, 16 for integrated gradients with 32 steps), bounding memory.
+        batch_size: inputs per pass (default :func:`default_batch_size`: 16 model
+            evaluations per pass on the CPU, i.e. 16 inputs for saliency and 1 for integrated
+            gradients with 32 steps; 512 on other devices), bounding memory.
 
     Options of region only:
         random: random points of the set screened (default 8).
@@ -298,7 +303,7 @@ def bound(
     # restarts, the start of its solve at the best point)
     gens = (torch.Generator().manual_seed(int(opts["seed"])),
             torch.Generator().manual_seed(int(opts["seed"]) + _REGION_STREAM))
-    limit = opts["batch_size"] or default_batch_size(attr_used)
+    limit = opts["batch_size"] or default_batch_size(attr_used, x.device)
     run = _region if method == "region" else _taylor
 
     parts: list[dict[str, Any]] = []
@@ -370,15 +375,12 @@ def taylor_from_region(region: BoundResult) -> BoundResult:
     )
 
 
-def default_batch_size(attr: Attribution) -> int:
-    """Inputs per pass: POINTS_PER_PASS / the model evaluations one map needs (integrated
-    gradients: its steps; smoothgrad: its samples; otherwise 1)."""
-    per = 1
-    if isinstance(attr, IntegratedGradients):
-        per = attr.steps
-    elif isinstance(attr, SmoothGrad):
-        per = attr.n
-    return max(1, POINTS_PER_PASS // per)
+def default_batch_size(attr: Attribution, device: torch.device | str = "cpu") -> int:
+    """Inputs per pass: the model evaluations per pass for the device (POINTS_PER_PASS_CPU on
+    the CPU, else POINTS_PER_PASS) divided by those one map needs
+    (:attr:`Attribution.evaluations`), at least 1."""
+    points = POINTS_PER_PASS_CPU if torch.device(device).type == "cpu" else POINTS_PER_PASS
+    return max(1, points // attr.evaluations)
 
 
 # ----------------------------------------------------------------------------------------
