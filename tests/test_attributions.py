@@ -65,6 +65,19 @@ def test_integrated_gradients_with_baseline_matches_captum(batch):
     assert (ours - ref).abs().max() / ref.abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("nodes", ["riemann_middle", "gausslegendre"])
+def test_with_steps_is_the_same_map_built_with_those_steps(batch, nodes):
+    model = models.freeze(small_models()["cnn"].double())
+    x, t = batch
+    b = torch.full_like(x[0], 0.3)
+    fine = attribution("integrated_gradients", model, steps=16, baseline=b, nodes=nodes)
+    coarse = fine.with_steps(2)
+    ref = attribution("integrated_gradients", model, steps=2, baseline=b, nodes=nodes)
+    assert coarse.steps == 2 and coarse.evaluations == 2 and fine.steps == 16
+    assert torch.allclose(coarse(x, t), ref(x, t), rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(coarse(x, t), fine(x, t), rtol=1e-6)
+
+
 def test_gauss_legendre_integrates_polynomials_exactly():
     t, w = integration_nodes(5, "gausslegendre")
     for p in range(10):  # a 5-point rule is exact up to degree 9

@@ -305,6 +305,52 @@ def test_region_catches_what_taylor_misses(norm):
         assert torch.allclose(long.operator_norm, sup, rtol=1e-3)
 
 
+class LogCosh(nn.Module):
+    """Logit 0: f(x) = sum_i c_i log cosh(a x_i) / a, gradient c tanh(a x), concave along the
+    integrated-gradients path, so a one-node (midpoint) quadrature overestimates the map:
+    its Jacobian diag(c (tanh(v) + v sech^2(v))), v = a x / 2, peaks at about 1.2 c, while
+    the exact map's diag(c tanh(a x)) never exceeds c. Logit 1: -1e6."""
+
+    def __init__(self, c: torch.Tensor, a: float = 10.0) -> None:
+        super().__init__()
+        self.c, self.a = c, a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = (self.c * torch.log(torch.cosh(self.a * x))).sum(dim=1) / self.a
+        return torch.stack([f, torch.full_like(f, -1e6)], dim=1)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_coarse_ascent_scores_with_the_full_map(norm):
+    # integrated gradients with more steps than ascent_ig_steps climb a coarser quadrature;
+    # the score the ascent returns must still be a feasible value of the FULL map's norm at
+    # the point it returns: <= sigma_max (l2) or the enumerated inf -> 2 norm (l-inf) of the
+    # full Jacobian there. Here the one-node map's norm exceeds the full map's everywhere
+    # the ascent goes, so a score taken from the coarse map would break the inequality.
+    from attrbound.bounds import REGION_OPTIONS, SOLVER_OPTIONS, _ascend
+
+    d = 6
+    model = LogCosh(torch.linspace(1.0, 2.0, d, dtype=torch.float64)).eval()
+    x = 0.2 + 0.1 * _inputs((d,), b=3, seed=11)
+    a = attribution("integrated_gradients", model, steps=16)
+    target = torch.zeros(3, dtype=torch.long)
+    eps = 0.3 if norm == "2" else 0.1
+    w = torch.randn(3, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = w / w.norm(dim=1, keepdim=True) if norm == "2" else torch.sign(w)
+    opts = {**SOLVER_OPTIONS, **REGION_OPTIONS, "ascent_ig_steps": 1}
+    score, z = _ascend(a, x, target, x.clone(), w, eps, norm, (0.0, 1.0), opts)
+    full = _full_jacobian(model, "integrated_gradients", z, steps=16)
+    coarse = _full_jacobian(model, "integrated_gradients", z, steps=1)
+    if norm == "2":
+        exact, rough = torch.linalg.matrix_norm(full, 2), torch.linalg.matrix_norm(coarse, 2)
+    else:
+        exact, rough = _exact_inf_to_two(full), _exact_inf_to_two(coarse)
+    assert (rough > 1.05 * exact).all()  # the coarse map's norm is the larger one
+    assert (score <= exact * (1 + 1e-9)).all(), (score, exact)
+    assert (score >= 0.5 * exact).all()  # and it is a real score, not a placeholder
+    assert (batch_norm(z - x, norm) <= eps * (1 + 1e-9)).all()
+
+
 def test_region_uses_the_callers_points():
     d = 8
     c = torch.linspace(1.0, 3.0, d, dtype=torch.float64)
@@ -411,6 +457,7 @@ def test_relu_model_with_surrogate_bounds_the_surrogate():
         ({"attribution": "lime"}, "unknown attribution method"),
         ({"max_iter": 0}, "max_iter"),
         ({"ascent_steps": -1}, "ascent_steps"),
+        ({"ascent_ig_steps": 0}, "ascent_ig_steps"),
         ({"tol": 0.0}, "tol"),
         ({"bogus": 1}, "unknown option 'bogus'"),
         ({"method": "taylor", "points": None}, "method='region' only"),

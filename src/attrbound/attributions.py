@@ -214,6 +214,14 @@ class IntegratedGradients(Attribution):
             "internal_batch_size": self.internal_batch_size,
         }
 
+    def with_steps(self, steps: int) -> IntegratedGradients:
+        """The same map with ``steps`` nodes of the same rule (baseline and options kept):
+        a coarser (or finer) quadrature of the same path integral."""
+        other = copy.copy(self)
+        other.steps = int(steps)
+        other.t, other.w = integration_nodes(other.steps, self.nodes)
+        return other
+
     def for_rows(self, rows: Tensor, shape: tuple[int, ...]) -> Attribution:
         """A baseline shaped like the batch, [B, *S] = ``shape`` with B > 1, is cut to
         baseline[rows]; any other baseline serves every example as it is."""
