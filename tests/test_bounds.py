@@ -322,7 +322,7 @@ class LogCosh(nn.Module):
 
 @pytest.mark.parametrize("norm", ["2", "inf"])
 def test_coarse_ascent_scores_with_the_full_map(norm):
-    # integrated gradients with more steps than ascent_ig_steps climb a coarser quadrature;
+    # integrated gradients with more steps than search_ig_steps climb a coarser quadrature;
     # the score the ascent returns must still be a feasible value of the FULL map's norm at
     # the point it returns: <= sigma_max (l2) or the enumerated inf -> 2 norm (l-inf) of the
     # full Jacobian there. Here the one-node map's norm exceeds the full map's everywhere
@@ -337,7 +337,7 @@ def test_coarse_ascent_scores_with_the_full_map(norm):
     eps = 0.3 if norm == "2" else 0.1
     w = torch.randn(3, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = w / w.norm(dim=1, keepdim=True) if norm == "2" else torch.sign(w)
-    opts = {**SOLVER_OPTIONS, **REGION_OPTIONS, "ascent_ig_steps": 1}
+    opts = {**SOLVER_OPTIONS, **REGION_OPTIONS, "search_ig_steps": 1}
     score, z = _ascend(a, x, target, x.clone(), w, eps, norm, (0.0, 1.0), opts)
     full = _full_jacobian(model, "integrated_gradients", z, steps=16)
     coarse = _full_jacobian(model, "integrated_gradients", z, steps=1)
@@ -349,6 +349,42 @@ def test_coarse_ascent_scores_with_the_full_map(norm):
     assert (score <= exact * (1 + 1e-9)).all(), (score, exact)
     assert (score >= 0.5 * exact).all()  # and it is a real score, not a placeholder
     assert (batch_norm(z - x, norm) <= eps * (1 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+@pytest.mark.parametrize("ascent_steps", [0, 4])
+def test_coarse_search_never_lifts_region_above_the_sup(norm, ascent_steps):
+    # region screens (and ascends) on the coarse map but keeps only full-map values: on
+    # LogCosh, where the one-node map's norm exceeds the full map's sup, region must stay
+    # below that sup, computed independently: J(z) is diagonal, J_ii = d/dz_i of
+    # z_i sum_k w_k c_i tanh(a t_k z_i), maximised coordinate by coordinate on a grid
+    from attrbound.attributions import integration_nodes
+
+    d, a = 6, 10.0
+    c = torch.linspace(1.0, 2.0, d, dtype=torch.float64)
+    model = LogCosh(c, a).eval()
+    x = 0.2 + 0.1 * _inputs((d,), b=3, seed=12)
+    eps = 0.3 if norm == "2" else 0.1
+    res = bound(model, x, eps=eps, norm=norm, method="region", attribution="integrated_gradients",
+                attribution_options={"steps": 16}, target=0, random=4,
+                ascent_steps=ascent_steps, search_ig_steps=1)
+
+    def diag(z: torch.Tensor, steps: int) -> torch.Tensor:  # [..., d] -> J_ii [..., d]
+        t, w = (torch.as_tensor(v, dtype=torch.float64) for v in integration_nodes(steps,
+                                                                                 "riemann_middle"))
+        u = a * t * z[..., None]
+        return c * (w * (torch.tanh(u) + u / torch.cosh(u) ** 2)).sum(dim=-1)
+
+    grid = torch.linspace(-eps, eps, 4001, dtype=torch.float64)
+    z = (x[:, None, :] + grid[None, :, None]).clamp(0, 1)  # [B, G, d], every reachable z_i
+    best_full, best_coarse = diag(z, 16).abs().amax(dim=1), diag(z, 1).abs().amax(dim=1)
+    if norm == "2":  # a diagonal J's norm is its largest entry; one coordinate moves alone
+        sup, coarse_sup = best_full.amax(dim=1), best_coarse.amax(dim=1)
+    else:  # inf -> 2 norm of a diagonal J: ||diag||_2, each coordinate at its own best
+        sup, coarse_sup = best_full.norm(dim=1), best_coarse.norm(dim=1)
+    assert (coarse_sup > 1.05 * sup).all()  # the coarse map would overshoot
+    assert (res.operator_norm <= sup * (1 + 1e-5)).all(), (res.operator_norm, sup)
+    assert (res.operator_norm >= 0.9 * sup).all()
 
 
 def test_region_uses_the_callers_points():
@@ -457,7 +493,7 @@ def test_relu_model_with_surrogate_bounds_the_surrogate():
         ({"attribution": "lime"}, "unknown attribution method"),
         ({"max_iter": 0}, "max_iter"),
         ({"ascent_steps": -1}, "ascent_steps"),
-        ({"ascent_ig_steps": 0}, "ascent_ig_steps"),
+        ({"search_ig_steps": 0}, "search_ig_steps"),
         ({"tol": 0.0}, "tol"),
         ({"bogus": 1}, "unknown option 'bogus'"),
         ({"method": "taylor", "points": None}, "method='region' only"),
