@@ -67,6 +67,8 @@ ATTRS = [
     ("saliency", {}),
     ("input_x_gradient", {}),
     ("integrated_gradients", {"steps": 8}),
+    # 16 > coarse_ig_steps: the solve at x starts from the 8-step map's top vector
+    ("integrated_gradients", {"steps": 16}),
     ("smoothgrad", {"n": 4, "sigma": 0.05}),
 ]
 
@@ -90,13 +92,15 @@ def test_taylor_l2_is_eps_times_top_singular_value(kind, name, opts):
     assert res.method == "taylor" and res.norm == "2" and res.attribution == name
 
 
-@pytest.mark.parametrize("name", ["saliency", "input_x_gradient"])
-def test_taylor_linf_brackets_the_enumerated_maximum(name):
+@pytest.mark.parametrize(("name", "opts"), [
+    ("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"steps": 16})])
+def test_taylor_linf_brackets_the_enumerated_maximum(name, opts):
     d = 12
     model, x = _mlp(d, seed=3), _inputs((d,), b=3, seed=4)
     eps = 0.02
-    res = bound(model, x, eps=eps, norm=float("inf"), attribution=name, method="taylor")
-    j = _full_jacobian(model, name, x)
+    res = bound(model, x, eps=eps, norm=float("inf"), attribution=name,
+                attribution_options=opts, method="taylor")
+    j = _full_jacobian(model, name, x, **opts)
     exact = _exact_inf_to_two(j)  # max over the 2^12 vertices of the cube of ||J s||_2
     sigma = torch.linalg.svdvals(j)[:, 0]
     assert (res.operator_norm >= exact * (1 - 1e-9)).all()
@@ -322,7 +326,7 @@ class LogCosh(nn.Module):
 
 @pytest.mark.parametrize("norm", ["2", "inf"])
 def test_coarse_ascent_scores_with_the_full_map(norm):
-    # integrated gradients with more steps than search_ig_steps climb a coarser quadrature;
+    # integrated gradients with more steps than coarse_ig_steps climb a coarser quadrature;
     # the score the ascent returns must still be a feasible value of the FULL map's norm at
     # the point it returns: <= sigma_max (l2) or the enumerated inf -> 2 norm (l-inf) of the
     # full Jacobian there. Here the one-node map's norm exceeds the full map's everywhere
@@ -337,7 +341,7 @@ def test_coarse_ascent_scores_with_the_full_map(norm):
     eps = 0.3 if norm == "2" else 0.1
     w = torch.randn(3, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = w / w.norm(dim=1, keepdim=True) if norm == "2" else torch.sign(w)
-    opts = {**SOLVER_OPTIONS, **REGION_OPTIONS, "search_ig_steps": 1}
+    opts = {**SOLVER_OPTIONS, **REGION_OPTIONS, "coarse_ig_steps": 1}
     score, z = _ascend(a, x, target, x.clone(), w, eps, norm, (0.0, 1.0), opts)
     full = _full_jacobian(model, "integrated_gradients", z, steps=16)
     coarse = _full_jacobian(model, "integrated_gradients", z, steps=1)
@@ -367,7 +371,7 @@ def test_coarse_search_never_lifts_region_above_the_sup(norm, ascent_steps):
     eps = 0.3 if norm == "2" else 0.1
     res = bound(model, x, eps=eps, norm=norm, method="region", attribution="integrated_gradients",
                 attribution_options={"steps": 16}, target=0, random=4,
-                ascent_steps=ascent_steps, search_ig_steps=1)
+                ascent_steps=ascent_steps, coarse_ig_steps=1)
 
     def diag(z: torch.Tensor, steps: int) -> torch.Tensor:  # [..., d] -> J_ii [..., d]
         t, w = (torch.as_tensor(v, dtype=torch.float64) for v in integration_nodes(steps,
@@ -493,7 +497,7 @@ def test_relu_model_with_surrogate_bounds_the_surrogate():
         ({"attribution": "lime"}, "unknown attribution method"),
         ({"max_iter": 0}, "max_iter"),
         ({"ascent_steps": -1}, "ascent_steps"),
-        ({"search_ig_steps": 0}, "search_ig_steps"),
+        ({"coarse_ig_steps": 0}, "coarse_ig_steps"),
         ({"tol": 0.0}, "tol"),
         ({"bogus": 1}, "unknown option 'bogus'"),
         ({"method": "taylor", "points": None}, "method='region' only"),
