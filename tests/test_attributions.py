@@ -76,6 +76,8 @@ def test_with_steps_is_the_same_map_built_with_those_steps(batch, nodes):
     assert coarse.steps == 2 and coarse.evaluations == 2 and fine.steps == 16
     assert torch.allclose(coarse(x, t), ref(x, t), rtol=1e-12, atol=1e-14)
     assert not torch.allclose(coarse(x, t), fine(x, t), rtol=1e-6)
+    with pytest.raises(AttrboundError, match="steps >= 1"):
+        fine.with_steps(0)
 
 
 def test_gauss_legendre_integrates_polynomials_exactly():

@@ -217,6 +217,8 @@ class IntegratedGradients(Attribution):
     def with_steps(self, steps: int) -> IntegratedGradients:
         """The same map with ``steps`` nodes of the same rule (baseline and options kept):
         a coarser (or finer) quadrature of the same path integral."""
+        if int(steps) < 1:
+            raise AttrboundError(f"integrated_gradients needs steps >= 1, got {steps}.")
         other = copy.copy(self)
         other.steps = int(steps)
         other.t, other.w = integration_nodes(other.steps, self.nodes)
