@@ -200,18 +200,15 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
                 fns["region"] = lambda kw=kw, x=x: bound(model, x, method="region", **kw)
             res = interleaved(fns, repeats if norm == "2" else 1)
             (tp, at), (tt, ta) = res["pgd"], res["taylor"]
-            if budget:
-                region_cells = "| - | - |"
+            label = norm
+            if norm == "inf":
                 ratio = (ta.operator_norm / ta.lower).median().item()
-                label = f"{norm} (budget; upper/lower median {ratio:.3f})"
-                region_mean = "-"
-            else:
+                label = f"inf ({'budget; ' if budget else ''}upper/lower median {ratio:.3f})"
+            region_cells, region_mean = "| - | - |", "-"
+            if "region" in res:
                 tr, rg = res["region"]
                 region_cells = f"| {fmt(tr)} | {tr / tp:.2f} |"
-                label, region_mean = norm, f"{rg.euclidean.mean():.4g}"
-                if norm == "inf":
-                    ratio = (ta.operator_norm / ta.lower).median().item()
-                    label = f"inf (upper/lower median {ratio:.3f})"
+                region_mean = f"{rg.euclidean.mean():.4g}"
             lines.append(
                 f"| {name} | {b} | {label} | {eps} | {fmt(tp)} | {fmt(tt)} | {tt / tp:.2f} "
                 f"{region_cells} {at.euclidean.mean():.4g} "
