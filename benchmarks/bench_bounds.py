@@ -9,6 +9,7 @@ Measured, side by side in one run, on the same models and inputs:
    seconds per input and the relative error of sigma_max against the exact value;
 2. taylor and region (l2 and l-inf) against one 50-step PGD attack
    (``attrbound.attacks.attack(..., method="pgd", steps=50)``) on the same inputs;
+2b. the l-inf dual's cost by stage, in products with M = J^T J, against PGD-50;
 3. throughput (inputs per second) at batch 1, 16 and 128.
 
 The d = 784 model is the trained demo checkpoint (``runs/models/mnist-cnn-softplus.safetensors``)
@@ -218,6 +219,64 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
     lines.append("")
 
 
+
+def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int) -> None:
+    """Where the l-inf dual's time goes, in products with M = J^T J, against PGD-50."""
+    from attrbound.attacks import attack
+    from attrbound.operators import JacobianOperator
+    from attrbound.spectral import inf_to_two, random_start
+
+    model, xs, _ = ms[784]
+    lines += [
+        "## 2b. The l-inf dual's cost in products with M = J^T J (d = 784)",
+        "",
+        "Products per input (mean) by stage of `spectral.inf_to_two` with the defaults: the "
+        "v = 0 eigen-solve and the first sign iteration (the run with dual_steps=0); the final "
+        "eigen-solve at the best v (to the float32 tolerance 1e-4 of lambda_max(M)); the "
+        "subgradient steps and the last sign iteration (the rest). One M product is timed on "
+        f"the same batch (median of {repeats}, operator construction included, 20 products "
+        "per run), and PGD-50 is expressed in M products. The last column leaves out the "
+        "subgradient steps: what an optimised v would still cost with none of them, if the "
+        "final solve took as many steps (near the dual's optimum the top of M - diag(v) is a "
+        "cluster, where Lanczos' residual falls slowly).",
+        "",
+        "| attribution | inputs | PGD-50 s | one M product ms | PGD-50 in M products "
+        "| v = 0 solve + sign | subgradient steps + last sign | final solve | total "
+        "| total / PGD-50 | (v = 0 solve + sign + final) / PGD-50 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, opts in (("saliency", {}), ("integrated_gradients", IG)):
+        b = batch[name]
+        x = xs[:b]
+        a = attribution(name, model, **opts)
+        target = resolve_target(model, x, None)
+        kw = dict(eps=0.05, norm="inf", attribution=name, attribution_options=opts)
+
+        def products(a=a, x=x, target=target, b=b) -> None:
+            op = JacobianOperator(a, x, target)
+            v = random_start((b, op.n), x, torch.Generator().manual_seed(0))
+            for _ in range(20):
+                v = op.gram(v)
+
+        res = interleaved({"pgd": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50,
+                                                            **kw),
+                           "m": products}, repeats)
+        tp, tm = res["pgd"][0], res["m"][0] / 20
+        op = JacobianOperator(a, x, target)
+        start = random_start((b, op.n), x, torch.Generator().manual_seed(0))
+        full = inf_to_two(op, start)
+        base = inf_to_two(op, start, dual_steps=0).products.double().mean().item()
+        total = full.products.double().mean().item()
+        final = (full.iterations + 1).double().mean().item()
+        per_pgd = tp / tm
+        lines.append(
+            f"| {name} | {b} | {fmt(tp)} | {1000 * tm:.1f} | {per_pgd:.0f} | {base:.0f} "
+            f"| {total - base - final:.0f} | {final:.0f} | {total:.0f} | {total / per_pgd:.1f} "
+            f"| {(base + final) / per_pgd:.2f} |"
+        )
+        print(lines[-1], flush=True)
+    lines.append("")
+
 def section_throughput(ms, lines: list[str], sizes: dict[str, list[int]]) -> None:
     model, xs, _ = ms[784]
     lines += [
@@ -285,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {"saliency": [1, 16, 128], "integrated_gradients": [1, 16]}
     section_svd(ms, lines, refs)
     section_pgd(ms, lines, pgd_batch, 1 if args.quick else 3)
+    section_dual_cost(ms, lines, pgd_batch, 1 if args.quick else 3)
     section_throughput(ms, lines, sizes)
     load1 = os.getloadavg()
     lines.append(
