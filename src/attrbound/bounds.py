@@ -417,11 +417,10 @@ def _check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     minimum = {"max_iter": 1, "dual_steps": 0, "inner_iter": 1, "sign_steps": 0,
                "random": 0, "ascent_steps": 0, "restarts": 1, "screen_iter": 1,
                "coarse_ig_steps": 1}
+    may_be_none = {"coarse_ig_steps"}  # None: never
     for name, low in minimum.items():
-        if name in opts:
+        if name in opts and not (opts[name] is None and name in may_be_none):
             value = opts[name]
-            if value is None and name == "coarse_ig_steps":
-                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise AttrboundError(f"option {name} must be an integer >= {low}, got {value!r}.")
     for name in ("tol", "step_size"):
