@@ -505,8 +505,10 @@ def _solve(
     below lambda_max with a 10% random part, 3 with an equal one, 0 from a random start.
     A reviewer's model did the same with the coarse map's vector (0.98 sigma_max in 8 of 10
     seeds). The warm starts saved little: region on 16 MNIST saliency inputs took 1.49-1.58 s
-    (l2) and 11.7-12.5 s (l-inf) from random starts against 1.50 and 11.2-12.9 s warm;
-    coarse starts saved 5-12 of 12-29 Lanczos steps on integrated gradients at d = 3072."""
+    (l2) and 11.7-12.5 s (l-inf) from random starts against 1.50 and 11.2-12.9 s warm; on 4
+    with integrated gradients (32 steps, l2) 8.0 s against 7.9 s (median of 3 interleaved
+    runs; 8-14 Lanczos steps at the best point instead of 5-10); coarse starts saved 5-12 of
+    12-29 Lanczos steps on integrated gradients at d = 3072."""
     op = JacobianOperator(attr, z, target)
     start = random_start((z.shape[0], op.n), z, gen)
     if norm == "2":
