@@ -219,7 +219,6 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
     lines.append("")
 
 
-
 def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int) -> None:
     """Where the l-inf dual's time goes, in products with M = J^T J, against PGD-50."""
     from attrbound.attacks import attack
