@@ -395,18 +395,18 @@ def test_coarse_search_never_lifts_region_above_the_sup(norm, ascent_steps):
 
 def test_coarse_ig_steps_none_searches_on_the_full_map():
     # None means "never coarsen": the same search as a threshold at the map's own steps (16
-    # steps are not more than 16), and a different one from an 8-step coarse search
+    # steps are not more than 16), and a different one from the default 8-step coarse search
     d = 6
-    model = LogCosh(torch.linspace(1.0, 2.0, d, dtype=torch.float64), 10.0).eval()
-    x = 0.2 + 0.1 * _inputs((d,), b=2, seed=12)
+    model, x = _mlp(d=d, seed=8), _inputs((d,), b=2)
     kw = dict(eps=0.3, norm=2, method="region", attribution="integrated_gradients",
-              attribution_options={"steps": 16}, target=0, random=4, ascent_steps=3)
+              attribution_options={"steps": 16}, random=2, ascent_steps=3)
     never = bound(model, x, coarse_ig_steps=None, **kw)
     same = bound(model, x, coarse_ig_steps=16, **kw)
-    coarse = bound(model, x, coarse_ig_steps=1, **kw)
+    coarse = bound(model, x, coarse_ig_steps=8, **kw)
     assert torch.equal(never.operator_norm, same.operator_norm)
     assert torch.equal(never.argmax, same.argmax)
     assert not torch.equal(never.argmax, coarse.argmax)
+
 
 def test_region_uses_the_callers_points():
     d = 8
