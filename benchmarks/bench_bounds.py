@@ -251,9 +251,12 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
         target = resolve_target(model, x, None)
         kw = dict(eps=0.05, norm="inf", attribution=name, attribution_options=opts)
 
-        def products(a=a, x=x, target=target, b=b) -> None:
+        def operator(a=a, x=x, target=target, b=b) -> tuple[JacobianOperator, torch.Tensor]:
             op = JacobianOperator(a, x, target)
-            v = random_start((b, op.n), x, torch.Generator().manual_seed(0))
+            return op, random_start((b, op.n), x, torch.Generator().manual_seed(0))
+
+        def products(operator=operator) -> None:
+            op, v = operator()
             for _ in range(20):
                 v = op.gram(v)
 
@@ -261,8 +264,7 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
                                                             **kw),
                            "m": products}, repeats)
         tp, tm = res["pgd"][0], res["m"][0] / 20
-        op = JacobianOperator(a, x, target)
-        start = random_start((b, op.n), x, torch.Generator().manual_seed(0))
+        op, start = operator()
         full = inf_to_two(op, start)
         base = inf_to_two(op, start, dual_steps=0).products.double().mean().item()
         total = full.products.double().mean().item()
@@ -275,6 +277,7 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
         )
         print(lines[-1], flush=True)
     lines.append("")
+
 
 def section_throughput(ms, lines: list[str], sizes: dict[str, list[int]]) -> None:
     model, xs, _ = ms[784]

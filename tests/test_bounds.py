@@ -392,7 +392,6 @@ def test_coarse_search_never_lifts_region_above_the_sup(norm, ascent_steps):
     assert (res.operator_norm >= 0.9 * sup).all()
 
 
-
 def test_coarse_ig_steps_none_searches_on_the_full_map():
     # None means "never coarsen": the same search as a threshold at the map's own steps (16
     # steps are not more than 16), and a different one from the default 8-step coarse search
