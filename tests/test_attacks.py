@@ -15,7 +15,7 @@ from attrbound import metrics, models
 from attrbound.attacks import METHODS, AttackResult, attack, default_k
 from attrbound.attributions import attribution
 from attrbound.errors import AttrboundError
-from attrbound.norms import batch_norm
+from attrbound.geometry import batch_norm
 
 
 class Quadratic(nn.Module):

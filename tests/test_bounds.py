@@ -18,7 +18,7 @@ from attrbound import models
 from attrbound.attributions import attribution
 from attrbound.bounds import BoundResult, bound, cosine_from_euclidean, taylor_from_region
 from attrbound.errors import AttrboundError
-from attrbound.norms import batch_norm
+from attrbound.geometry import batch_norm
 from attrbound.operators import bilinear_gradient
 
 # ----------------------------------------------------------------------------------------

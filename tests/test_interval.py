@@ -22,8 +22,8 @@ from attrbound import attributions, interval
 from attrbound.attributions import IntegratedGradients, SmoothGrad, attribution
 from attrbound.bounds import cosine_from_euclidean
 from attrbound.errors import AttrboundError
+from attrbound.geometry import project, sample_ball
 from attrbound.interval import attribution_intervals, interval_bound
-from attrbound.norms import project, sample_ball
 
 ACTS = ("relu", "softplus", "elu", "tanh", "sigmoid")
 NAMES = ("saliency", "input_x_gradient", "integrated_gradients")

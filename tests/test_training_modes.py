@@ -13,7 +13,7 @@ from torch import nn
 from attrbound import models, objectives
 from attrbound.attributions import attribution
 from attrbound.errors import AttrboundError
-from attrbound.norms import batch_norm
+from attrbound.geometry import batch_norm
 from attrbound.objectives import (
     MODES,
     kl_divergence,

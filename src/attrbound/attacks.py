@@ -17,10 +17,10 @@ Methods (``method=``):
 
 Shared mechanics (all methods):
 
-- random start uniform in the ball (:func:`attrbound.norms.sample_ball`), ``restarts``
+- random start uniform in the ball (:func:`attrbound.geometry.sample_ball`), ``restarts``
   independent runs stacked into the batch dimension ([R*B, *S]) and run together;
 - steps: l-inf sign steps z += alpha sign(g); l2 normalised steps z += alpha g / ||g||_2;
-  then projection onto the ball and the domain (:func:`attrbound.norms.project`);
+  then projection onto the ball and the domain (:func:`attrbound.geometry.project`);
 - an iterate counts only if the REAL model's predicted class is unchanged; each run keeps its
   most successful valid iterate, and the best run per input is reported; where no valid
   iterate beats x itself the result is x (deviation 0, cosine 1, top-k 1, ...);
@@ -36,13 +36,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from attrbound import metrics
+from attrbound._validate import (
+    check_domain,
+    check_eps,
+    check_in_domain,
+    require_smooth_or_surrogate,
+)
 from attrbound.attributions import (
     Attribution,
     Saliency,
@@ -51,8 +57,17 @@ from attrbound.attributions import (
 )
 from attrbound.attributions import attribution as make_attribution
 from attrbound.errors import AttrboundError, check_choice
-from attrbound.models import is_piecewise_linear, smooth_surrogate
-from attrbound.norms import batch_norm, check_domain, check_eps, parse_norm, project, sample_ball
+from attrbound.geometry import (
+    batch_norm,
+    default_step_size,
+    parse_norm,
+    per_example,
+    project,
+    sample_ball,
+    steepest_direction,
+)
+from attrbound.models import smooth_surrogate
+from attrbound.results import AttackResult
 
 METHODS = ("pgd", "ifia_topk", "ifia_center", "random")
 OBJECTIVES = ("euclidean", "cosine")
@@ -67,12 +82,6 @@ DEFAULT_K_FRACTION = 100 / 784
 #: model evaluations (attribution path points) per pass by default: measured on 2 CPU cores,
 #: the time per point of the double backward grows beyond about 512 points per pass.
 POINTS_PER_PASS = 512
-
-
-def default_step_size(eps: float, steps: int) -> float:
-    """alpha = 2.5 eps / steps: enough to cross the ball and move along its boundary
-    (Madry et al. 2018; the default of their ``robustness`` library)."""
-    return 2.5 * eps / steps
 
 
 def default_batch_size(attr: Attribution) -> int:
@@ -216,96 +225,6 @@ class RandomSampling(PGD):
 
 
 # ----------------------------------------------------------------------------------------
-# The result
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class AttackResult:
-    """Per-input result of one attack configuration; tensors are [B] unless stated.
-
-    - ``x_adv`` [B, *S]: the best valid point (x itself where none beat x; see ``found``).
-    - ``euclidean`` ||A(x_adv) - A(x)||_2, ``cosine`` cos(A(x), A(x_adv)),
-      ``topk_intersection`` (k as given, features = all entries of |A|), ``kendall`` (tau-b),
-      ``spearman``: all recomputed on the REAL model at x_adv.
-    - ``label_kept`` (bool): argmax f(x_adv) = argmax f(x) (always true by construction).
-    - ``found`` (bool): a valid iterate beat x itself.
-    - ``attr_norm``: ||A(x)||_2.
-    - ``points`` [B, P, *S]: points worth checking for the region bound: per run (restart),
-      its highest-scoring iterate, ignoring the label constraint (which the bounds drop);
-      for ``random`` its highest-scoring sample (P = 1).
-    - ``runs``: number of attack runs (inputs x restarts; inputs for ``random``).
-    - ``objective``: ``euclidean`` / ``cosine`` (pgd, random), ``topk_mass`` (ifia_topk),
-      ``center_of_mass`` (ifia_center).
-    """
-
-    method: str
-    objective: str
-    attribution: str
-    norm: str
-    eps: float
-    x_adv: Tensor
-    euclidean: Tensor
-    cosine: Tensor
-    topk_intersection: Tensor
-    kendall: Tensor
-    spearman: Tensor
-    label_kept: Tensor
-    found: Tensor
-    attr_norm: Tensor
-    points: Tensor
-    runs: int
-    seconds: float
-    k: int
-    steps: int
-    restarts: int
-    step_size: float | None
-    samples: int | None
-    seed: int
-    surrogate_beta: float | None = None
-    attribution_options: dict[str, Any] = field(default_factory=dict)
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One plain JSON-serialisable dict per input (no x_adv / points; NaN -> None)."""
-        n = self.euclidean.shape[0]
-        cols = {
-            "euclidean": self.euclidean,
-            "cosine": self.cosine,
-            "topk_intersection": self.topk_intersection,
-            "kendall": self.kendall,
-            "spearman": self.spearman,
-            "label_kept": self.label_kept,
-            "found": self.found,
-            "attr_norm": self.attr_norm,
-        }
-        values = {k: v.detach().cpu().tolist() for k, v in cols.items()}
-        rows = []
-        for i in range(n):
-            row: dict[str, Any] = {
-                "method": self.method,
-                "objective": self.objective,
-                "attribution": self.attribution,
-                "attribution_options": dict(self.attribution_options),
-                "norm": self.norm,
-                "eps": self.eps,
-                "k": self.k,
-                "steps": self.steps,
-                "restarts": self.restarts,
-                "step_size": self.step_size,
-                "samples": self.samples,
-                "seed": self.seed,
-                "surrogate_beta": self.surrogate_beta,
-                "runs": self.runs // n,
-                "seconds": self.seconds / n,
-            }
-            for key, vals in values.items():
-                v = vals[i]
-                row[key] = None if isinstance(v, float) and not math.isfinite(v) else v
-            rows.append(row)
-        return rows
-
-
-# ----------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------
 
@@ -347,18 +266,6 @@ def _for_rows(
 
 def _repeat(t: Tensor, r: int) -> Tensor:
     return t.repeat((r,) + (1,) * (t.dim() - 1))
-
-
-def _direction(g: Tensor, norm: str) -> Tensor:
-    """Steepest-ascent step of unit size: sign(g) (l-inf) or g / ||g||_2 (l2).
-
-    Non-finite gradient entries (an overflowing map) count as 0, so iterates stay finite.
-    """
-    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-    if norm == "inf":
-        return torch.sign(g)
-    n = batch_norm(g, "2").reshape((-1,) + (1,) * (g.dim() - 1))
-    return g / n.clamp_min(torch.finfo(g.dtype).tiny)
 
 
 def _in_set(z: Tensor, pb: _Problem) -> Tensor:
@@ -449,12 +356,13 @@ def _ascend(
         s = obj.score(a, st)
         better = (pred == label) & (s > best)
         best = torch.where(better, s, best)
-        best_z = torch.where(_bcast(better, z), z, best_z)
+        best_z = torch.where(per_example(better, z), z, best_z)
         higher = s > top
         top = torch.where(higher, s, top)
-        top_z = torch.where(_bcast(higher, z), z, top_z)
+        top_z = torch.where(per_example(higher, z), z, top_z)
         if i < steps:
-            delta = project(z - x + alpha * _direction(g, pb.norm), x, pb.eps, pb.norm, pb.domain)
+            step = alpha * steepest_direction(g, pb.norm)
+            delta = project(z - x + step, x, pb.eps, pb.norm, pb.domain)
             z = _in_set(x + delta, pb)
     # best run per input
     best = best.reshape(r, b)
@@ -588,22 +496,11 @@ def attack(
     k = default_k(shape) if k is None else int(k)
     if not 1 <= k <= pixels:
         raise AttrboundError(f"k must lie in [1, {pixels}] (the pixels of one input), got {k}.")
-    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
-        raise AttrboundError(
-            f"inputs lie outside the domain [{domain[0]}, {domain[1]}]; pass the right "
-            "domain=(lo, hi), or domain=None for an unbounded one."
-        )
+    check_in_domain(x, domain)
 
     real = make_attribution(attribution, model, **(attribution_options or {}))
     steer, beta_used = real, None
-    if method != "random" and is_piecewise_linear(model):
-        if surrogate_beta is None:
-            raise AttrboundError(
-                f"the model has piecewise-linear layers (ReLU / max-pool), so its attribution "
-                f"has zero derivative almost everywhere and {method} sees nothing; pass "
-                "surrogate_beta (e.g. 10) to steer with a softplus surrogate, or use "
-                "method='random'."
-            )
+    if require_smooth_or_surrogate(model, surrogate_beta, [] if method == "random" else [method]):
         steer, beta_used = real.with_model(smooth_surrogate(model, surrogate_beta)), surrogate_beta
     obj: PGD | IFIATopK | IFIACenter
     if method == "pgd":
@@ -639,13 +536,13 @@ def attack(
             z, best, base, points = _ascend(pb, obj, state, steps=steps, alpha=alpha,
                                             restarts=restarts, gen=gen)
         found = best > base
-        x_adv = torch.where(_bcast(found, xs), _guard(z, xs, pb), xs)
+        x_adv = torch.where(per_example(found, xs), _guard(z, xs, pb), xs)
         # recompute on the real model at x_adv; a label flipped by the re-evaluation (a
         # near-tie in floating point) falls back to x, whose figures are those of x itself
         a_adv, pred = _evaluate(pb, x_adv, ts)
         found = found & (pred == pb.label)
-        x_adv = torch.where(_bcast(found, xs), x_adv, xs)
-        a_adv = torch.where(_bcast(found, xs), a_adv, clean)
+        x_adv = torch.where(per_example(found, xs), x_adv, xs)
+        a_adv = torch.where(per_example(found, xs), a_adv, clean)
         kept = torch.where(found, pred == pb.label, torch.ones_like(found))
         for key, val in (("x_adv", x_adv), ("a_adv", a_adv), ("found", found),
                          ("clean", clean), ("kept", kept), ("points", points)):
@@ -681,10 +578,6 @@ def attack(
     )
 
 
-def _bcast(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
 def _guard(z: Tensor, x: Tensor, pb: _Problem) -> Tensor:
     """Pull z back into the ball where it lies outside by more than float rounding (a few ulp;
     never expected, as every iterate is projected, but the guarantee must not rest on it)."""
@@ -692,4 +585,4 @@ def _guard(z: Tensor, x: Tensor, pb: _Problem) -> Tensor:
     size = batch_norm(delta.double(), pb.norm)
     outside = size > pb.eps * (1 + 8 * torch.finfo(z.dtype).eps)
     shrink = torch.where(outside, pb.eps / size, torch.ones_like(size))
-    return _in_set(x + delta * _bcast(shrink.to(z.dtype), z), pb)
+    return _in_set(x + delta * per_example(shrink.to(z.dtype), z), pb)

@@ -27,7 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from attrbound._validate import check_batch
 from attrbound.errors import AttrboundError, check_choice
+
+__all__ = [
+    "NAMES", "NODES", "Attribution", "IntegratedGradients", "InputXGradient", "Saliency",
+    "SmoothGrad", "attribution", "check_batch", "integration_nodes", "predict", "resolve_target",
+]
 
 NAMES = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")
 NODES = ("riemann_middle", "gausslegendre")
@@ -37,29 +43,6 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
     """Predicted class argmax_k f_k(x) for a batch x: [B, *S] -> int64 [B] (no graph)."""
     with torch.no_grad():
         return model(x).argmax(dim=1)
-
-
-def check_batch(x: Any, model: nn.Module | None = None) -> Tensor:
-    """Validate a batch of inputs; raise one clear sentence for what is wrong with it."""
-    if not isinstance(x, Tensor):
-        raise AttrboundError(f"inputs must be a torch.Tensor, got {type(x).__name__}.")
-    if not x.is_floating_point():
-        raise AttrboundError(f"inputs must be a floating-point tensor, got {x.dtype}.")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise AttrboundError(
-            f"inputs must be a non-empty batch shaped [B, ...], got shape {tuple(x.shape)}."
-        )
-    config = getattr(model, "config", None)
-    if isinstance(config, dict) and "input_shape" in config:
-        want = tuple(int(s) for s in config["input_shape"])
-        if tuple(x.shape[1:]) != want:
-            raise AttrboundError(
-                f"the model expects inputs shaped [B, {', '.join(map(str, want))}], "
-                f"got {tuple(x.shape)}."
-            )
-    if not torch.isfinite(x).all():
-        raise AttrboundError("inputs contain NaN or infinite values.")
-    return x
 
 
 def resolve_target(model: nn.Module, x: Tensor, target: int | Tensor | None) -> Tensor:

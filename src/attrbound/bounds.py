@@ -26,12 +26,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from attrbound._validate import (
+    check_domain,
+    check_eps,
+    check_in_domain,
+    require_smooth_or_surrogate,
+)
 from attrbound.attributions import (
     Attribution,
     IntegratedGradients,
@@ -40,9 +46,18 @@ from attrbound.attributions import (
 )
 from attrbound.attributions import attribution as make_attribution
 from attrbound.errors import AttrboundError, check_choice
-from attrbound.models import is_piecewise_linear, smooth_surrogate
-from attrbound.norms import check_domain, check_eps, parse_norm, project, sample_ball
+from attrbound.geometry import (
+    default_step_size,
+    parse_norm,
+    per_example,
+    project,
+    sample_ball,
+    steepest_direction,
+    unit,
+)
+from attrbound.models import smooth_surrogate
 from attrbound.operators import JacobianOperator, bilinear_gradient, is_symmetric
+from attrbound.results import BoundResult, cosine_from_euclidean
 from attrbound.spectral import inf_to_two, random_start, top_singular
 
 METHODS = ("taylor", "region", "interval")
@@ -79,92 +94,6 @@ REGION_OPTIONS: dict[str, Any] = {
     "screen_iter": 1,
     "coarse_ig_steps": 8,
 }
-
-
-def cosine_from_euclidean(euclidean: Tensor, attr_norm: Tensor) -> Tensor:
-    """Lower bound on cos(a, a') for every a' with ||a' - a||_2 <= U, given ||a||_2.
-
-    cos >= sqrt(1 - (U / ||a||)^2) when U < ||a|| (the ball of radius U around a is seen from
-    the origin under the half-angle asin(U / ||a||)); otherwise -1 (no guarantee).
-    Shapes: euclidean U [B], attr_norm [B] -> [B].
-    """
-    ratio = euclidean / attr_norm.clamp_min(torch.finfo(attr_norm.dtype).tiny)
-    inside = ratio < 1
-    bound = torch.sqrt(torch.clamp(1 - ratio.clamp(max=1.0) ** 2, min=0.0))
-    return torch.where(inside, bound, torch.full_like(bound, -1.0))
-
-
-@dataclass
-class BoundResult:
-    """Per-input upper bounds for one (attribution, norm, eps, method); tensors are [B].
-
-    - ``euclidean``: U >= ||A(x + delta) - A(x)||_2 over the perturbation set.
-    - ``cosine``: lower bound on cos(A(x), A(x + delta)); -1 when vacuous.
-    - ``attr_norm``: ||A(x)||_2.
-    - ``operator_norm``: the p->2 operator-norm value used (taylor/region); NaN for interval.
-    - ``iterations`` (int [B]), ``converged`` (bool [B]): solver diagnostics.
-    - ``lower``: l-inf only, the sign-iteration (feasible) value of ||J||_{inf->2}, [B].
-    - ``argmax``: region only, the point z where the largest operator norm was found [B, *S];
-      ``source``: per input, which kind of point it was ("x", "random", "points", "ascent").
-    - ``intervals``: interval only, (lower [B, *S], upper [B, *S]) containing A(z) for every z.
-    - ``surrogate_beta``: set when the bound was computed on the smooth surrogate of a ReLU model.
-    """
-
-    method: str
-    attribution: str
-    norm: str
-    eps: float
-    euclidean: Tensor
-    cosine: Tensor
-    attr_norm: Tensor
-    operator_norm: Tensor
-    iterations: Tensor
-    converged: Tensor
-    lower: Tensor | None = None
-    argmax: Tensor | None = None
-    source: list[str] | None = None
-    intervals: tuple[Tensor, Tensor] | None = None
-    surrogate_beta: float | None = None
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One plain dict (JSON-serialisable) per input."""
-        n = self.euclidean.shape[0]
-        cols: dict[str, Any] = {
-            "euclidean": self.euclidean,
-            "cosine": self.cosine,
-            "attr_norm": self.attr_norm,
-            "operator_norm": self.operator_norm,
-            "iterations": self.iterations,
-            "converged": self.converged,
-        }
-        if self.lower is not None:
-            cols["operator_norm_lower"] = self.lower
-        rows = []
-        for i in range(n):
-            row: dict[str, Any] = {
-                "method": self.method,
-                "attribution": self.attribution,
-                "norm": self.norm,
-                "eps": self.eps,
-                "surrogate_beta": self.surrogate_beta,
-                "seconds": self.seconds / n,
-            }
-            for k, v in cols.items():
-                row[k] = v[i].item()
-            if self.source is not None:
-                row["source"] = self.source[i]
-            for k, v in self.extra.items():  # per-input diagnostics, e.g. operator_norm_x
-                if isinstance(v, Tensor) and v.dim() == 1 and v.shape[0] == n:
-                    row[k] = v[i].item()
-            if self.intervals is not None:
-                lo, hi = self.intervals
-                row["certified_stable_fraction"] = (
-                    ((lo[i] > 0) | (hi[i] < 0)).double().mean().item()
-                )
-            rows.append(row)
-        return rows
 
 
 # ----------------------------------------------------------------------------------------
@@ -290,23 +219,13 @@ def bound(
         )
 
     opts = _check_options(method, options)
-    if is_piecewise_linear(model):
-        if surrogate_beta is None:
-            raise AttrboundError(
-                f"the model has piecewise-linear layers (ReLU / max-pool), so its gradient is "
-                f"piecewise constant and dA/dx is zero almost everywhere, which makes the "
-                f"derivative-based {method} bound meaningless; pass surrogate_beta=... (e.g. "
-                f"10) to bound its softplus surrogate, or use method='interval'."
-            )
-        beta: float | None = float(surrogate_beta)
+    if require_smooth_or_surrogate(model, surrogate_beta, [method]):
+        beta: float | None = float(surrogate_beta)  # type: ignore[arg-type]
         attr_used = attr.with_model(smooth_surrogate(model, beta))
     else:
         beta, attr_used = None, attr
-    if method == "region" and domain is not None and ((x < domain[0]) | (x > domain[1])).any():
-        raise AttrboundError(
-            f"inputs lie outside the domain [{domain[0]}, {domain[1]}]; pass the right "
-            "domain=(lo, hi), or domain=None for an unbounded one."
-        )
+    if method == "region":
+        check_in_domain(x, domain)
     tgt = resolve_target(model, x, target)
     points = _check_points(opts.get("points"), x, eps, norm, domain)
     # two streams: the start vectors of the solves at x (taylor's, also region's first solve,
@@ -561,17 +480,8 @@ def _screen(
     w = warm
     for _ in range(opts["screen_iter"] - 1):
         m = op.gram(w)
-        w = _unit(m) if norm == "2" else torch.where(m == 0, w, torch.sign(m))
+        w = unit(m) if norm == "2" else torch.where(m == 0, w, torch.sign(m))
     return op.matvec(w).flatten(1).norm(dim=1)
-
-
-def _unit(v: Tensor) -> Tensor:
-    n = v.flatten(1).norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
-    return v / n.reshape((-1,) + (1,) * (v.dim() - 1))
-
-
-def _bcast(t: Tensor, like: Tensor) -> Tensor:
-    return t.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def _coarse_map(attr: Attribution, opts: dict[str, Any]) -> Attribution:
@@ -603,13 +513,13 @@ def _ascend(
     """
     full, attr = attr, _coarse_map(attr, opts)
     steps = opts["ascent_steps"]
-    alpha = opts["step_size"] or 2.5 * eps / steps
+    alpha = opts["step_size"] or default_step_size(eps, steps)
     symmetric = is_symmetric(attr)
     w = w.reshape(z.shape)
     jw = JacobianOperator(attr, z, target).matvec(w)
     best = jw.flatten(1).norm(dim=1)
     best_z, best_w = z, w
-    u = _unit(jw)
+    u = unit(jw)
     for t in range(steps):
         transpose = t % 2 == 0
         if transpose or not symmetric:
@@ -619,24 +529,22 @@ def _ascend(
         if transpose:  # aux = J(z)^T u
             flat = aux.flatten(1)
             score = flat.norm(dim=1) if norm == "2" else flat.abs().sum(dim=1)
-            w = _unit(aux) if norm == "2" else torch.where(aux == 0, w, torch.sign(aux))
+            w = unit(aux) if norm == "2" else torch.where(aux == 0, w, torch.sign(aux))
         else:  # aux = J(z) w
             score = aux.flatten(1).norm(dim=1)
-            u = _unit(aux)
+            u = unit(aux)
         better = score > best
         best = torch.where(better, score, best)
-        best_z = torch.where(_bcast(better, z), z, best_z)
-        best_w = torch.where(_bcast(better, z), w, best_w)
-        g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-        direction = torch.sign(g) if norm == "inf" else _unit(g)
-        z = x + project(z - x + alpha * direction, x, eps, norm, domain)
+        best_z = torch.where(per_example(better, z), z, best_z)
+        best_w = torch.where(per_example(better, z), w, best_w)
+        z = x + project(z - x + alpha * steepest_direction(g, norm), x, eps, norm, domain)
         if domain is not None:
             z = z.clamp(domain[0], domain[1])
     score = JacobianOperator(attr, z, target).matvec(w).flatten(1).norm(dim=1)
     better = score > best
-    best, best_z = torch.where(better, score, best), torch.where(_bcast(better, z), z, best_z)
+    best, best_z = torch.where(better, score, best), torch.where(per_example(better, z), z, best_z)
     if attr is not full:
-        best_w = torch.where(_bcast(better, z), w, best_w)
+        best_w = torch.where(per_example(better, z), w, best_w)
         best = JacobianOperator(full, best_z, target).matvec(best_w).flatten(1).norm(dim=1)
     return best, best_z
 
@@ -662,7 +570,7 @@ def _region(
         nonlocal best, best_z, code
         better = score > best
         best = torch.where(better, score, best)
-        best_z = torch.where(_bcast(better, z), z, best_z)
+        best_z = torch.where(per_example(better, z), z, best_z)
         code = torch.where(better, torch.full_like(code, kind), code)
 
     groups: list[tuple[Tensor, int]] = []
@@ -691,7 +599,7 @@ def _region(
 
     if opts["ascent_steps"] > 0:
         r = opts["restarts"]
-        first = torch.where(_bcast(torch.isfinite(best), x), best_z, x)
+        first = torch.where(per_example(torch.isfinite(best), x), best_z, x)
         starts = [first] + [sample_ball(x, eps, norm, 1, gen, domain)[0] for _ in range(r - 1)]
         z0, xx = torch.cat(starts), x.repeat((r,) + (1,) * len(shape))
         tt, ww, of = target.repeat(r), sx.vector.repeat(r, 1), rows.repeat(r)
@@ -721,7 +629,7 @@ def _region(
             out[key] = torch.where(use, new, out[key])
     if "lower" in out:  # every score is a feasible lower value of the same sup
         out["lower"] = torch.maximum(torch.maximum(sx.lower, sb.lower), best)
-    out["argmax"] = torch.where(_bcast(use, x), best_z, x)
+    out["argmax"] = torch.where(per_example(use, x), best_z, x)
     out["source"] = [_SOURCES[int(c)] if u else _SOURCES[0] for c, u in zip(code, use, strict=True)]
     return out
 

@@ -73,6 +73,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attrbound._validate import require_smooth_or_surrogate
 from attrbound.errors import AttrboundError, check_choice
 
 BOUND_METHODS = ("taylor", "region", "interval")
@@ -163,8 +164,9 @@ class Grid:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from attrbound._validate import check_eps
         from attrbound.attributions import NAMES
-        from attrbound.norms import check_eps, parse_norm
+        from attrbound.geometry import parse_norm
 
         self.model = str(self.model)
         self.root = None if self.root is None else str(self.root)
@@ -783,8 +785,6 @@ def run_campaign(
     """
     from tqdm.auto import tqdm
 
-    from attrbound.models import is_piecewise_linear
-
     out = Path(out)
     model_path = Path(grid.model)
     if not model_path.is_file():
@@ -805,15 +805,11 @@ def run_campaign(
     if grid.start >= len(images):
         raise AttrboundError(f"start {grid.start} is past the {len(images)} inputs of the split.")
     stop = min(len(images), grid.start + grid.n)
-    if is_piecewise_linear(model) and grid.surrogate_beta is None:
-        smooth_methods = [m for m in grid.bounds if m != "interval"] + [
-            m for m in grid.attacks if m != "random"]
-        if smooth_methods:
-            raise AttrboundError(
-                "the model has piecewise-linear layers (ReLU / max-pool), whose attribution "
-                f"has zero derivative almost everywhere, so {', '.join(smooth_methods)} need a "
-                "smooth surrogate: pass --surrogate-beta (e.g. 10)."
-            )
+    require_smooth_or_surrogate(
+        model, grid.surrogate_beta,
+        [m for m in grid.bounds if m != "interval"] + [m for m in grid.attacks if m != "random"],
+        flag="--surrogate-beta",
+    )
     if bound_fn is None and grid.bounds:
         from attrbound.bounds import bound as bound_fn
     if attack_fn is None and grid.attacks:

@@ -80,6 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attrbound._validate import check_domain, check_eps, check_in_domain
 from attrbound.attributions import (
     Attribution,
     InputXGradient,
@@ -90,9 +91,9 @@ from attrbound.attributions import (
     resolve_target,
 )
 from attrbound.attributions import attribution as make_attribution
-from attrbound.bounds import BoundResult, cosine_from_euclidean
 from attrbound.errors import AttrboundError, check_choice
-from attrbound.norms import check_domain, check_eps, parse_norm
+from attrbound.geometry import parse_norm
+from attrbound.results import BoundResult, cosine_from_euclidean
 
 __all__ = ["interval_bound", "attribution_intervals", "TIGHTENINGS", "cosine_from_euclidean"]
 
@@ -1239,11 +1240,7 @@ def _prepare(
     if int(max_elements) < 1:
         raise AttrboundError(f"max_elements must be >= 1, got {max_elements}.")
     attr = _resolve_attribution(attribution, model, attribution_options)
-    if domain is not None and ((x < domain[0]).any() or (x > domain[1]).any()):
-        raise AttrboundError(
-            f"inputs lie outside the domain [{domain[0]}, {domain[1]}]; pass the right "
-            "domain=(lo, hi), or domain=None for an unbounded one."
-        )
+    check_in_domain(x, domain)
     net = _Net(model, tuple(x.shape[1:]), x.device)
     tgt = resolve_target(model, x, target)
     units = _units_for(model, x, evaluation)

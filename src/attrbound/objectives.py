@@ -41,9 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attrbound._validate import check_eps
 from attrbound.attributions import integration_nodes
 from attrbound.errors import AttrboundError, check_choice
-from attrbound.norms import check_eps, parse_norm, project, sample_ball
+from attrbound.geometry import (
+    default_step_size,
+    parse_norm,
+    project,
+    sample_ball,
+    steepest_direction,
+)
 
 MODES = ("natural", "pgd_at", "trades", "ig_norm", "grad_norm", "curvature")
 DOMAIN = (0.0, 1.0)
@@ -62,12 +69,6 @@ class Loss(NamedTuple):
 
 
 # --------------------------------------------------------------------------- shared pieces
-
-
-def default_step_size(eps: float, steps: int) -> float:
-    """alpha = 2.5 eps / steps (Madry et al. 2018's rule, the ``robustness`` library default):
-    enough to cross the ball and then move along its boundary."""
-    return 2.5 * eps / steps
 
 
 def per_example_ce(model: nn.Module, z: Tensor, y: Tensor) -> Tensor:
@@ -90,14 +91,6 @@ def loss_gradient(
     return g, ce
 
 
-def _steepest(g: Tensor, norm: str) -> Tensor:
-    """The steepest-ascent unit step for a gradient g [B, *S]: sign(g) (l-inf), g/||g||_2 (l2)."""
-    if norm == "inf":
-        return g.sign()
-    n = g.reshape(g.shape[0], -1).norm(dim=1).clamp_min(1e-12)
-    return g / n.reshape((-1,) + (1,) * (g.dim() - 1))
-
-
 def perturb(
     objective: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -114,7 +107,7 @@ def perturb(
     Maximises sum_b objective(z)_b over z in {||z - x||_p <= eps, 0 <= z <= 1}:
     z <- Proj(z + alpha * s(grad)), s = sign for l-inf, grad/||grad||_2 for l2,
     alpha = ``step_size`` (default 2.5 eps / steps). Starts from ``start`` if given, else from
-    a uniform random point of the ball (:func:`attrbound.norms.sample_ball`, ``generator``).
+    a uniform random point of the ball (:func:`attrbound.geometry.sample_ball`, ``generator``).
     The weights receive no gradient. ``objective``: z [B, *S] -> [B].
     """
     eps = check_eps(eps)
@@ -130,7 +123,7 @@ def perturb(
     for _ in range(int(steps)):
         z = z.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(objective(z).sum(), z)
-        z = x + project(z.detach() + alpha * _steepest(g, norm) - x, x, eps, norm, DOMAIN)
+        z = x + project(z.detach() + alpha * steepest_direction(g, norm) - x, x, eps, norm, DOMAIN)
     return z.detach()
 
 

@@ -33,6 +33,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from attrbound.geometry import unit
+
 MatVec = Callable[[Tensor], Tensor]
 
 
@@ -61,16 +63,12 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(dim=1)
 
 
-def _unit(v: Tensor) -> Tensor:
-    return v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-
-
 def random_start(
     shape: tuple[int, int], like: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
     """Unit Gaussian vectors [B, n] drawn on the CPU from ``generator``, on like's device."""
     g = torch.randn(shape, generator=generator, dtype=torch.float64)
-    return _unit(g).to(device=like.device, dtype=like.dtype)
+    return unit(g).to(device=like.device, dtype=like.dtype)
 
 
 @dataclass
@@ -158,7 +156,7 @@ def lanczos(
     # per running example (rows of the batch in ``live``); cut down by ``restrict``
     live = torch.arange(b, device=dev)
     apply = matvec
-    q = _unit(start)
+    q = unit(start)
     # Krylov basis [slots, b_live, n], filled row by row; grown by doubling (no re-stacking)
     basis = q.new_empty((min(steps + 1, 4), b, n))
     basis[0] = q
@@ -224,7 +222,7 @@ def lanczos(
             q, q_prev, beta_prev = q[running], q_prev[running], beta_prev[running]
             done = done[running]
 
-    u = _unit(vectors)
+    u = unit(vectors)
     ku = matvec(u)
     value = _dot(u, ku)
     residual = (ku - value[:, None] * u).norm(dim=1)

@@ -1,8 +1,10 @@
-"""Norm balls: parsing the norm, checking eps, measuring and projecting perturbations.
+"""Geometry of the perturbation set: norms, projection, sampling, steepest steps.
 
 The perturbation set of an input x is {x + delta : ||delta||_p <= eps, lo <= x + delta <= hi}
 with p in {2, inf} and the domain box [lo, hi] (default [0, 1]). Batched over the first
-dimension: delta [B, *S] and eps a float or a tensor [B].
+dimension: delta [B, *S] and eps a float or a tensor [B]. The attacks, region's ascent and
+the adversarial-training objectives all move through this set with the same pieces:
+:func:`steepest_direction`, :func:`default_step_size` and :func:`project`.
 """
 
 from __future__ import annotations
@@ -33,36 +35,19 @@ def parse_norm(norm: Any) -> str:
     raise AttrboundError(f"unknown norm {norm!r}; use 2 (l2) or inf (l-inf).")
 
 
-def check_eps(eps: Any) -> float:
-    """eps as a float, or one clear error if it is not a finite number > 0."""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise AttrboundError(f"eps must be a number, got {eps!r}.") from None
-    if not (math.isfinite(value) and value > 0):
-        raise AttrboundError(f"eps must be a finite number > 0, got {eps}.")
-    return value
-
-
-def check_domain(domain: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The input box (lo, hi) with lo < hi, or None for an unbounded domain."""
-    if domain is None:
-        return None
-    lo, hi = (float(v) for v in domain)
-    if not lo < hi:
-        raise AttrboundError(f"domain must be (lo, hi) with lo < hi, got {domain}.")
-    return lo, hi
-
-
 def batch_norm(delta: Tensor, norm: str) -> Tensor:
     """||delta_b||_p per example: [B, *S] -> [B]."""
     flat = delta.reshape(delta.shape[0], -1)
     return flat.norm(dim=1) if norm == "2" else flat.abs().amax(dim=1)
 
 
-def _per_example(eps: float | Tensor, ref: Tensor) -> Tensor:
-    e = torch.as_tensor(eps, dtype=ref.dtype, device=ref.device)
-    return e.reshape((-1,) + (1,) * (ref.dim() - 1)) if e.dim() else e
+def per_example(t: float | Tensor, like: Tensor) -> Tensor:
+    """A scalar, or a per-example tensor [B], shaped to broadcast against like [B, *S]."""
+    if isinstance(t, Tensor) and t.dtype == torch.bool:
+        e = t.to(like.device)
+    else:  # straight to like's dtype: a float eps rounded through float32 would grow
+        e = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return e.reshape((-1,) + (1,) * (like.dim() - 1)) if e.dim() else e
 
 
 def project(
@@ -79,7 +64,7 @@ def project(
     domain; clamping only shrinks each coordinate toward 0 when x is inside the domain, so the
     result stays in the ball. Shapes: delta, x [B, *S]; eps float or [B].
     """
-    e = _per_example(eps, delta)
+    e = per_example(eps, delta)
     if norm == "inf":
         delta = torch.maximum(torch.minimum(delta, e), -e)
     else:
@@ -107,15 +92,37 @@ def sample_ball(
     d = x[0].numel()
     if norm == "inf":
         u = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
-        delta = u.to(device=x.device, dtype=x.dtype) * _per_example(eps, x)
+        delta = u.to(device=x.device, dtype=x.dtype) * per_example(eps, x)
     else:
         g = torch.randn(shape, generator=generator, dtype=torch.float64)
         lengths = g.reshape(n, x.shape[0], -1).norm(dim=2)
         g = g / lengths.reshape((n, x.shape[0]) + (1,) * (x.dim() - 1))
         r = torch.rand((n, x.shape[0]), generator=generator, dtype=torch.float64) ** (1.0 / d)
         delta = (g * r.reshape(r.shape + (1,) * (x.dim() - 1))).to(device=x.device, dtype=x.dtype)
-        delta = delta * _per_example(eps, x)
+        delta = delta * per_example(eps, x)
     points = x.unsqueeze(0) + delta
     if domain is not None:
         points = points.clamp(domain[0], domain[1])
     return points
+
+
+def unit(v: Tensor) -> Tensor:
+    """Each example scaled to unit l2 norm: v [B, *S] -> v_b / ||v_b||_2 (0 stays 0)."""
+    n = v.reshape(v.shape[0], -1).norm(dim=1)
+    return v / per_example(n.clamp_min(torch.finfo(v.dtype).tiny), v)
+
+
+def steepest_direction(g: Tensor, norm: str) -> Tensor:
+    """The steepest-ascent step of unit size for a gradient g [B, *S]: the maximiser of
+    <g, s> over ||s||_p <= 1, i.e. sign(g) for l-inf and g / ||g||_2 for l2.
+
+    Non-finite gradient entries (an overflowing map) count as 0, so iterates stay finite.
+    """
+    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.sign(g) if norm == "inf" else unit(g)
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """alpha = 2.5 eps / steps: enough to cross the ball and then move along its boundary
+    (Madry et al. 2018; the default of their ``robustness`` library)."""
+    return 2.5 * eps / steps
