@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from attrbound.attributions import Attribution
 
 
 def cosine_from_euclidean(euclidean: Tensor, attr_norm: Tensor) -> Tensor:
@@ -191,3 +194,27 @@ class AttackResult:
                 row[key] = None if isinstance(v, float) and not math.isfinite(v) else v
             rows.append(row)
         return rows
+
+
+class BoundFunction(Protocol):
+    """What the campaign calls to bound: :func:`attrbound.bound` or a stand-in (test fakes).
+
+    Called as ``fn(model, x, eps=..., norm=..., attribution=<Attribution>, method=...,
+    **options)`` with x [B, *S]; the campaign passes ``seed``, ``surrogate_beta`` (None for
+    ``interval``, which bounds the real model), ``points`` (region: attack iterates
+    [B, P, *S]) and the grid's options of that method. Returns per-input bounds [B].
+    """
+
+    def __call__(self, model: nn.Module, x: Tensor, *, eps: float, norm: str,
+                 attribution: Attribution, method: str, **options: Any) -> BoundResult: ...
+
+
+class AttackFunction(Protocol):
+    """What the campaign calls to attack: :func:`attrbound.attack` or a stand-in.
+
+    Called as ``fn(model, x, eps=..., norm=..., attribution=<Attribution>, method=...,
+    objective=..., steps=..., restarts=..., k=..., n=..., seed=..., surrogate_beta=...)``.
+    """
+
+    def __call__(self, model: nn.Module, x: Tensor, *, eps: float, norm: str,
+                 attribution: Attribution, method: str, **options: Any) -> AttackResult: ...
