@@ -11,7 +11,7 @@ it exists, else the same architecture trained here for 1 epoch on the bundled MN
 images, else (no data) random weights; inputs are bundled MNIST test images when available,
 else uniform noise. The table says which. Throughput hardly depends on the weights.
 
-Run from the repository root (about 3-5 minutes on 2 cores):
+Run from the repository root (a few minutes on a CPU):
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_attacks.py
 
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from attrbound import models
+from attrbound import data, models
 from attrbound.attacks import attack
+from attrbound.training import accuracy, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "runs" / "models" / "mnist-cnn-softplus.safetensors"
@@ -48,9 +49,6 @@ def load_model() -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
     model = models.cnn((1, 28, 28))
     try:
-        from attrbound import data
-        from attrbound.training import accuracy, train
-
         x, y = data.load("mnist", "train")
         xt, yt = data.load("mnist", "test")
         start = time.perf_counter()
@@ -62,18 +60,16 @@ def load_model() -> tuple[torch.nn.Module, str]:
             f"MNIST training images ({secs:.0f} s), test accuracy {100 * acc:.1f}% on "
             f"{len(xt)} bundled test images"
         )
-    except Exception as exc:  # noqa: BLE001 - no data module / files: random weights
+    except Exception as exc:  # noqa: BLE001 - no data files: random weights
         print(f"cannot train ({exc}); using random weights", file=sys.stderr)
     return models.freeze(model), "UNTRAINED models.cnn((1,28,28)) softplus (seed 0)"
 
 
 def load_inputs(n: int) -> tuple[torch.Tensor, str]:
     try:
-        from attrbound import data
-
         images, _ = data.load("mnist", "test")
         return images[:n].clone(), f"first {n} bundled MNIST test images"
-    except Exception:  # noqa: BLE001 - the data module may not exist yet
+    except Exception:  # noqa: BLE001 - no data files: noise
         g = torch.Generator().manual_seed(0)
         return torch.rand(n, 1, 28, 28, generator=g), f"{n} uniform-noise images"
 
@@ -155,8 +151,8 @@ def main() -> int:
         "integrated gradients with 32 Riemann-midpoint steps; default batch_size (512 "
         "model evaluations per pass: 16 inputs per pass for integrated gradients).",
         "- One attack = one input x one restart. Rate = inputs / wall time of the fastest "
-        "`attack()` call of those made (including the clean maps, the final re-evaluation on "
-        "the real model and all five metrics); the median call's rate is shown beside it, "
+        "`attack()` call of those made (including the clean maps, the final re-evaluation at "
+        "x_adv and all five metrics); the median call's rate is shown beside it, "
         "since other jobs share these 2 cores. 10M attacks = hours for ten million attacks "
         "at the best rate, on this machine.",
         "",

@@ -194,20 +194,114 @@ def test_relu_model_needs_a_surrogate(method):
         attack(model, x, eps=0.1, norm="inf", method=method)
 
 
-def test_relu_model_with_surrogate_reports_real_deviations():
+def test_relu_model_with_surrogate_reports_surrogate_deviations():
+    # compare a map only with the same map: the reported figures are those of the surrogate's
+    # map A_beta (the map the practical bounds bound), the raw ones those of the real map
     model, x = _relu_mlp()
     res = attack(model, x, eps=0.3, norm="inf", attribution="input_x_gradient",
                  surrogate_beta=10.0, steps=10, restarts=3, k=4)
-    assert res.surrogate_beta == 10.0
+    assert res.surrogate_beta == 10.0 and res.map == "surrogate(beta=10)"
     assert res.found.any()
     _check_guarantees(model, x, res, 0.3, "inf")
-    a_fn = attribution("input_x_gradient", model)
-    a, b = a_fn(x), a_fn(res.x_adv, target=model(x).argmax(1))
-    torch.testing.assert_close(res.euclidean, metrics.euclidean(b, a))
-    # the surrogate's maps differ from the real ones: the figures are not the surrogate's
+    target = model(x).argmax(1)
     s_fn = attribution("input_x_gradient", models.smooth_surrogate(model, 10.0))
-    surrogate_dev = metrics.euclidean(s_fn(res.x_adv, target=model(x).argmax(1)), s_fn(x))
-    assert not torch.allclose(res.euclidean, surrogate_dev)
+    sa, sb = s_fn(x), s_fn(res.x_adv, target=target)
+    torch.testing.assert_close(res.euclidean, metrics.euclidean(sb, sa))
+    torch.testing.assert_close(res.cosine, metrics.cosine(sb, sa))
+    torch.testing.assert_close(res.topk_intersection, metrics.topk_intersection(sb, sa, 4))
+    torch.testing.assert_close(res.kendall, metrics.kendall(sb, sa))
+    torch.testing.assert_close(res.spearman, metrics.spearman(sb, sa))
+    torch.testing.assert_close(res.attr_norm, sa.flatten(1).norm(dim=1))
+    a_fn = attribution("input_x_gradient", model)
+    a, b = a_fn(x), a_fn(res.x_adv, target=target)
+    torch.testing.assert_close(res.raw_euclidean, metrics.euclidean(b, a))
+    torch.testing.assert_close(res.raw_cosine, metrics.cosine(b, a))
+    # the two maps differ: the raw figures are not the surrogate's
+    assert not torch.allclose(res.euclidean, res.raw_euclidean)
+    row = res.to_rows()[0]
+    assert row["map"] == "surrogate(beta=10)"
+    assert row["raw_euclidean"] == pytest.approx(res.raw_euclidean[0].item())
+
+
+def _hand_pgd_best(fn, model, x, eps, steps, seed):
+    """A plain l-inf PGD written out with torch.autograd: random start uniform in the cube
+    (the attack's generator order), sign steps of 2.5 eps / steps on 1/2 ||fn(z) - fn(x)||^2,
+    clamps to the ball and [0, 1]; returns the largest ||fn(z) - fn(x)||_2 over the iterates
+    whose label under ``model`` is that of x (0 if none), [B]."""
+    gen = torch.Generator().manual_seed(seed)
+    a0, label = fn(x).detach(), model(x).argmax(1)
+    alpha = 2.5 * eps / steps
+    z = (x + (torch.rand((1,) + x.shape, generator=gen, dtype=torch.float64)[0] * 2 - 1) * eps)
+    z = z.clamp(0, 1)
+    best = torch.zeros(x.shape[0], dtype=x.dtype)
+    for i in range(steps + 1):
+        z = z.detach().requires_grad_(True)
+        dev = (fn(z) - a0).flatten(1).norm(dim=1)
+        valid = model(z).argmax(1) == label
+        best = torch.where(valid & (dev > best), dev.detach(), best)
+        if i < steps:
+            (g,) = torch.autograd.grad(0.5 * dev.pow(2).sum(), z)
+            delta = (z.detach() - x + alpha * g.sign()).clamp(-eps, eps)
+            z = (x + ((x + delta).clamp(0, 1) - x)).clamp(0, 1)
+    return best
+
+
+def test_surrogate_search_scores_the_surrogate_map():
+    # the best iterate is chosen on A_beta (label from the real model): the reported deviation
+    # is the largest A_beta deviation over the valid iterates of a hand-written PGD
+    model, x = _relu_mlp()
+    surrogate = models.smooth_surrogate(model, 10.0)
+    target = model(x).argmax(1)
+
+    def saliency_beta(z):
+        z = z if z.requires_grad else z.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(surrogate(z).gather(1, target[:, None]).sum(), z,
+                                   create_graph=True)
+        return g
+
+    res = attack(model, x, eps=0.3, norm="inf", surrogate_beta=10.0, steps=8, seed=5)
+    torch.testing.assert_close(res.euclidean, _hand_pgd_best(saliency_beta, model, x, 0.3, 8, 5))
+    # random sampling with surrogate_beta measures A_beta too; without it, the real map
+    s_fn = attribution("saliency", surrogate)
+    rnd = attack(model, x, eps=0.3, norm="2", method="random", surrogate_beta=10.0, n=16)
+    assert rnd.map == "surrogate(beta=10)"
+    _check_guarantees(model, x, rnd, 0.3, "2")
+    want = metrics.euclidean(s_fn(rnd.x_adv, target=target), s_fn(x))
+    torch.testing.assert_close(rnd.euclidean, want)
+    rnd = attack(model, x, eps=0.3, norm="2", method="random", n=16)
+    assert rnd.map == "model" and rnd.surrogate_beta is None
+
+
+def test_smooth_model_raw_equals_reported():
+    model, _, x = _quadratic(6, 2, batch=3)
+    for method in ("pgd", "random"):
+        res = attack(model, torch.sigmoid(x), eps=0.1, norm="inf", method=method, steps=3, n=5,
+                     surrogate_beta=10.0)  # beta is ignored on a smooth model
+        assert res.map == "model" and res.surrogate_beta is None
+        assert torch.equal(res.raw_euclidean, res.euclidean)
+        assert torch.equal(res.raw_cosine, res.cosine)
+        for row in res.to_rows():
+            assert row["raw_euclidean"] == row["euclidean"] and row["map"] == "model"
+
+
+@pytest.mark.parametrize("method", ["pgd", "random"])
+def test_results_detached_with_trainable_parameters(method):
+    torch.manual_seed(1)
+    model = models.mlp((1, 4, 4), 3, hidden=(8,), activation_name="softplus").double().eval()
+    assert all(p.requires_grad for p in model.parameters())
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    res = attack(model, x, eps=0.2, norm="inf", method=method, steps=3, n=5)
+    for name in ("x_adv", "euclidean", "cosine", "raw_euclidean", "raw_cosine",
+                 "topk_intersection", "kendall", "spearman", "attr_norm", "points"):
+        t = getattr(res, name)
+        assert t.grad_fn is None and not t.requires_grad, name
+    frozen = attack(models.freeze(model), x, eps=0.2, norm="inf", method=method, steps=3, n=5)
+    assert torch.equal(res.x_adv, frozen.x_adv) and torch.equal(res.euclidean, frozen.euclidean)
+    relu, xr = _relu_mlp()
+    for p in relu.parameters():
+        p.requires_grad_(True)
+    res = attack(relu, xr, eps=0.2, norm="inf", method=method, steps=3, n=5, surrogate_beta=10.0)
+    assert res.raw_euclidean.grad_fn is None and res.euclidean.grad_fn is None
 
 
 def test_random_runs_on_relu_model_without_surrogate():
@@ -247,7 +341,8 @@ def test_rows_are_plain_json():
     text = json.dumps(rows, allow_nan=False)
     row = json.loads(text)[0]
     for key in ("method", "objective", "attribution", "norm", "eps", "euclidean", "cosine",
-                "topk_intersection", "kendall", "spearman", "label_kept", "k", "runs"):
+                "topk_intersection", "kendall", "spearman", "label_kept", "k", "runs",
+                "raw_euclidean", "raw_cosine", "map"):
         assert key in row
     assert row["method"] == "pgd" and row["norm"] == "inf" and row["k"] == 2
 

@@ -118,8 +118,14 @@ class AttackResult:
     - ``x_adv`` [B, *S]: the best valid point (x itself where none beat x; see ``found``).
     - ``euclidean`` ||A(x_adv) - A(x)||_2, ``cosine`` cos(A(x), A(x_adv)),
       ``topk_intersection`` (k as given, features = all entries of |A|), ``kendall`` (tau-b),
-      ``spearman``: all recomputed on the REAL model at x_adv.
-    - ``label_kept`` (bool): argmax f(x_adv) = argmax f(x) (always true by construction).
+      ``spearman``: recomputed at x_adv on the attacked map A named by ``map``: the model's
+      own (``"model"``), or its softplus surrogate's A_beta (``"surrogate(beta=...)"``, a
+      piecewise-linear model given ``surrogate_beta``), the map the practical bounds bound.
+    - ``raw_euclidean``, ``raw_cosine``: the same two on the real model's own map at x_adv;
+      equal to ``euclidean`` / ``cosine`` when ``map`` is ``"model"`` (None at construction
+      means exactly that). Never to be compared with a practical bound on A_beta.
+    - ``label_kept`` (bool): argmax f(x_adv) = argmax f(x) on the REAL model (always true by
+      construction).
     - ``found`` (bool): a valid iterate beat x itself.
     - ``attr_norm``: ||A(x)||_2.
     - ``points`` [B, P, *S]: points worth checking for the region bound: per run (restart),
@@ -155,6 +161,15 @@ class AttackResult:
     seed: int
     surrogate_beta: float | None = None
     attribution_options: dict[str, Any] = field(default_factory=dict)
+    raw_euclidean: Tensor | None = None
+    raw_cosine: Tensor | None = None
+    map: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.raw_euclidean is None:
+            self.raw_euclidean = self.euclidean
+        if self.raw_cosine is None:
+            self.raw_cosine = self.cosine
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One plain JSON-serialisable dict per input (no x_adv / points; NaN -> None)."""
@@ -162,6 +177,8 @@ class AttackResult:
         cols = {
             "euclidean": self.euclidean,
             "cosine": self.cosine,
+            "raw_euclidean": self.raw_euclidean,
+            "raw_cosine": self.raw_cosine,
             "topk_intersection": self.topk_intersection,
             "kendall": self.kendall,
             "spearman": self.spearman,
@@ -186,6 +203,7 @@ class AttackResult:
                 "samples": self.samples,
                 "seed": self.seed,
                 "surrogate_beta": self.surrogate_beta,
+                "map": self.map,
                 "runs": self.runs // n,
                 "seconds": self.seconds / n,
             }

@@ -1,0 +1,231 @@
+"""The one search loop every attack shares: projected steepest ascent, or sampling of the ball.
+
+Both search the perturbation set of each input x with label y = argmax f(x),
+
+    P(x) = { z : ||z - x||_p <= eps,  lo <= z <= hi,  argmax f(z) = y },
+
+for the iterate of highest ``score`` on the attacked map A (the model's own map, or its
+softplus surrogate's A_beta; see :func:`attrbound.attack`). Labels always come from the real
+model f. Restarts and samples are stacked into the batch dimension and run together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attrbound.attacks.objectives import Objective, State
+from attrbound.attributions import Attribution, Saliency
+from attrbound.geometry import (
+    batch_norm,
+    per_example,
+    project,
+    sample_ball,
+    steepest_direction,
+)
+
+#: model evaluations (attribution path points) per pass by default: larger passes run slower
+#: per point on the CPU (benchmarks/RESULTS.md).
+POINTS_PER_PASS = 512
+
+
+def default_batch_size(attr: Attribution) -> int:
+    """Attack runs per pass: POINTS_PER_PASS divided by the model evaluations one map needs
+    (integrated gradients: its steps; smoothgrad: its samples; otherwise 1)."""
+    return max(1, POINTS_PER_PASS // attr.evaluations)
+
+
+@dataclass
+class Budget:
+    """How hard to search: ``steps`` of size ``alpha`` from ``restarts`` random starts
+    (ascent), or ``samples`` points (sampling); at most ``rows`` runs per pass (None: no
+    limit)."""
+
+    steps: int
+    alpha: float
+    restarts: int
+    samples: int
+    rows: int | None = None
+
+
+@dataclass
+class _Problem:
+    """One chunk of inputs and everything computed once for it."""
+
+    model: nn.Module  # the real model f: labels
+    attr: Attribution  # the attacked map A (on f, or on its surrogate): gradients and scores
+    x: Tensor  # [B, *S]
+    label: Tensor  # argmax f(x), [B]
+    target: Tensor  # class explained, [B]
+    clean: Tensor  # A(x), [B, *S]
+    eps: float
+    norm: str
+    domain: tuple[float, float] | None
+
+    def stacked(self, times: int) -> Attribution:
+        """A for ``times`` copies of the chunk stacked as [times*B, *S] (differs from ``attr``
+        only for per-example options, e.g. a baseline [B, *S])."""
+        rows = torch.arange(self.x.shape[0], device=self.x.device).repeat(times)
+        return self.attr.for_rows(rows, tuple(self.x.shape))
+
+
+def repeat(t: Tensor, r: int) -> Tensor:
+    """r copies of t [B, ...] stacked along dimension 0: [r*B, ...]."""
+    return t.repeat((r,) + (1,) * (t.dim() - 1))
+
+
+def in_domain(z: Tensor, domain: tuple[float, float] | None) -> Tensor:
+    """z clipped to the domain again (x + delta may round past its edge)."""
+    return z.clamp(domain[0], domain[1]) if domain is not None else z
+
+
+def map_and_logits(attr: Attribution, u: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """(A(u) [N, *S], logits of A's model at u [N, K]); for saliency both from one pass."""
+    if type(attr) is Saliency:
+
+        def logit_and_all(v: Tensor) -> tuple[Tensor, Tensor]:
+            out = attr.model(v)
+            return out.gather(1, target[:, None]).sum(), out
+
+        return torch.func.grad(logit_and_all, has_aux=True)(u)
+    return attr.attribute(u, target), attr.model(u)
+
+
+def map_and_labels(
+    attr: Attribution, model: nn.Module, z: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(A(z) [N, *S], argmax f(z) [N]) without a graph; one pass when A is on f itself."""
+    with torch.no_grad():
+        if attr.model is model:
+            a, logits = map_and_logits(attr, z, target)
+            return a, logits.argmax(dim=1)
+        return attr.attribute(z, target), model(z).argmax(dim=1)
+
+
+class _Best:
+    """The label-keeping selection: per run, the valid iterate of highest score (starting
+    from x itself with score ``base``), and the highest-scoring iterate ignoring labels."""
+
+    def __init__(self, x: Tensor, base: Tensor, start: Tensor) -> None:
+        self.z, self.score = x, base
+        self.top_z, self.top = start, torch.full_like(base, -math.inf)
+
+    def keep(self, z: Tensor, s: Tensor, valid: Tensor) -> None:
+        """Take z [N, *S] where it is valid (label kept) and beats the best so far."""
+        better = valid & (s > self.score)
+        self.score = torch.where(better, s, self.score)
+        self.z = torch.where(per_example(better, z), z, self.z)
+
+    def keep_top(self, z: Tensor, s: Tensor) -> None:
+        """Take z [N, *S] where it beats the top score so far, whatever its label."""
+        higher = s > self.top
+        self.top = torch.where(higher, s, self.top)
+        self.top_z = torch.where(per_example(higher, z), z, self.top_z)
+
+
+def ascend(
+    pb: _Problem, obj: Objective, state: State, budget: Budget, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Projected steepest ascent of obj.gain, R restarts stacked as [R*B, *S]:
+
+        z_0 ~ uniform(ball ∩ domain)                              (random start)
+        for t = 0 .. T:
+            a_t = A(z_t), valid_t = [argmax f(z_t) = argmax f(x)]
+            if valid_t and score(a_t) > best:  best, z* = score(a_t), z_t
+            if t < T:  z_{t+1} = x + Proj(z_t - x + alpha dir(grad_z gain(A(z_t))))
+
+    with dir = sign (l-inf) or g / ||g||_2 (l2), Proj onto the ball and the domain; best
+    starts at score(A(x)), so z* stays x unless a valid iterate beats it. The best of the R
+    runs is kept per input.
+
+    Returns (best valid point [B, *S], its score [B], score of x [B], points [B, R, *S]):
+    points are each run's highest-scoring iterate whatever its label.
+    """
+    b, r = pb.x.shape[0], budget.restarts
+    x = repeat(pb.x, r)
+    target, label = repeat(pb.target, r), repeat(pb.label, r)
+    st = {key: repeat(v, r) for key, v in state.items()}
+    base = obj.score(pb.clean, state)  # the score of x itself: what a point must beat
+    attr = pb.stacked(r)
+    fused = attr.model is pb.model  # labels from the same forward pass as the map
+
+    def total_gain(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if fused:
+            a, logits = map_and_logits(attr, u, target)
+        else:
+            a, logits = attr.attribute(u, target), u.new_empty(0)
+        return obj.gain(a, st).sum(), (a, logits)
+
+    grad_and_map = torch.func.grad(total_gain, has_aux=True)
+
+    z = sample_ball(pb.x, pb.eps, pb.norm, r, gen, pb.domain).reshape(x.shape)
+    best = _Best(x, repeat(base, r), z)
+    for i in range(budget.steps + 1):
+        if i < budget.steps:
+            g, (a, logits) = grad_and_map(z)
+            if fused:
+                pred = logits.argmax(dim=1)
+            else:
+                with torch.no_grad():
+                    pred = pb.model(z).argmax(dim=1)
+        else:  # the last iterate is scored, not stepped from
+            a, pred = map_and_labels(attr, pb.model, z, target)
+        s = obj.score(a, st)
+        best.keep(z, s, pred == label)
+        best.keep_top(z, s)
+        if i < budget.steps:
+            step = budget.alpha * steepest_direction(g, pb.norm)
+            z = in_domain(x + project(z - x + step, x, pb.eps, pb.norm, pb.domain), pb.domain)
+    scores = best.score.reshape(r, b)
+    pick = scores.argmax(dim=0)
+    cols = torch.arange(b, device=pick.device)
+    x_best = best.z.reshape((r, b) + pb.x.shape[1:])[pick, cols]
+    points = best.top_z.reshape((r, b) + pb.x.shape[1:]).transpose(0, 1)
+    return x_best, scores[pick, cols], base, points
+
+
+def sample(
+    pb: _Problem, obj: Objective, state: State, budget: Budget, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``budget.samples`` points uniform in the ball ∩ domain, drawn in passes of at most
+    ``budget.rows`` points; keeps the valid one of highest score per input. Same returns as
+    :func:`ascend` (points [B, 1, *S]: the highest-scoring sample whatever its label)."""
+    b, samples = pb.x.shape[0], budget.samples
+    per = samples if budget.rows is None else max(1, min(samples, budget.rows // b))
+    base = obj.score(pb.clean, state)
+    best = _Best(pb.x.clone(), base.clone(), pb.x.clone())
+    cols = torch.arange(b, device=pb.x.device)
+    done = 0
+    while done < samples:
+        c = min(per, samples - done)
+        z = sample_ball(pb.x, pb.eps, pb.norm, c, gen, pb.domain)  # [c, B, *S]
+        a, pred = map_and_labels(pb.stacked(c), pb.model, z.reshape((c * b,) + pb.x.shape[1:]),
+                                 repeat(pb.target, c))
+        s = obj.score(a, {key: repeat(v, c) for key, v in state.items()}).reshape(c, b)
+        sv = torch.where(pred.reshape(c, b) == pb.label, s, torch.full_like(s, -math.inf))
+        j = sv.argmax(dim=0)  # the best valid sample of the pass
+        best.keep(z[j, cols], sv[j, cols], torch.ones_like(pb.label, dtype=torch.bool))
+        j = s.argmax(dim=0)  # the best sample of the pass, whatever its label
+        best.keep_top(z[j, cols], s[j, cols])
+        done += c
+    return best.z, best.score, base, best.top_z.unsqueeze(1)
+
+
+def search(
+    pb: _Problem, obj: Objective, state: State, budget: Budget, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`ascend` for gradient objectives, :func:`sample` for the others."""
+    return (ascend if obj.uses_gradient else sample)(pb, obj, state, budget, gen)
+
+
+def guard(z: Tensor, x: Tensor, pb: _Problem) -> Tensor:
+    """Pull z back into the ball where it lies outside by more than float rounding (a few ulp;
+    never expected, as every iterate is projected, but the guarantee must not rest on it)."""
+    delta = z - x
+    size = batch_norm(delta.double(), pb.norm)
+    outside = size > pb.eps * (1 + 8 * torch.finfo(z.dtype).eps)
+    shrink = torch.where(outside, pb.eps / size, torch.ones_like(size))
+    return in_domain(x + delta * per_example(shrink.to(z.dtype), z), pb.domain)
