@@ -2,8 +2,8 @@
 
 For each dataset (MNIST, Fashion-MNIST; bundled 10,000 training / 2,000 test images) this
 trains one model per training mode (natural, pgd_at, trades, ig_norm, grad_norm, curvature;
-:mod:`attrbound.objectives` with its default options), then on the first ``--n`` test inputs,
-for saliency and integrated gradients, l2 and l-inf, two radii each, computes
+:mod:`attrbound.training.objectives` with its default options), then on the first ``--n``
+test inputs, for saliency and integrated gradients, l2 and l-inf, two radii each, computes
 
 - the region bound U(x) (:func:`attrbound.bound`, ``method="region"``, with the two attacks'
   end points passed in as extra ``points``), and
@@ -47,10 +47,10 @@ from typing import Any
 
 import torch
 
-from attrbound import data, metrics, models, objectives
+from attrbound import data, metrics, models
 from attrbound.attacks import attack
 from attrbound.bounds import bound
-from attrbound.training import DEFAULT_EPOCHS, accuracy, train
+from attrbound.training import DEFAULT_EPOCHS, accuracy, objectives, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "model_ranking"
@@ -238,8 +238,8 @@ def report(args, rows, configs, cli_times, started_load, wall_total) -> str:
         "inflated, CPU times are this process's own).",
         f"- Models: small softplus CNN (channels 8, 16; hidden 64; avg-pool), Adam lr {args.lr:g}, "
         f"batch 64, {args.epochs:g} epoch(s) on the bundled 10,000 training images, seed 0; "
-        "each mode with its default options (`attrbound.objectives.defaults`): pgd_at, trades "
-        "and ig_norm at eps 0.1 l-inf.",
+        "each mode with its default options (`attrbound.training.objectives.defaults`): "
+        "pgd_at, trades and ig_norm at eps 0.1 l-inf.",
         f"- Inputs: the first {args.n} bundled test images of each dataset; the attribution "
         "explains the predicted class.",
         f"- Attacks: pgd and ifia_topk (k = 100), {args.attack_steps} steps, 1 restart, seed 0; "

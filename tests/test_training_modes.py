@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrbound import models, objectives
+from attrbound import models
 from attrbound.attributions import attribution
 from attrbound.errors import AttrboundError
 from attrbound.geometry import batch_norm
-from attrbound.objectives import (
+from attrbound.training import DEFAULT_EPOCHS, accuracy, objectives, train
+from attrbound.training.objectives import (
     MODES,
     kl_divergence,
     loss_gradient,
     loss_integrated_gradients,
     perturb,
 )
-from attrbound.training import DEFAULT_EPOCHS, accuracy, train
 
 D = 36  # tiny 1x6x6 inputs
 SHAPE = (1, 6, 6)

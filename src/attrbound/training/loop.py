@@ -1,12 +1,12 @@
-"""Training classifiers of the model zoo: natural and robust objectives.
+"""The training loop of the model zoo: train, evaluate, save, and the demo's default model.
 
 Minimises mean_b loss(f, x_b, y_b) with Adam (lr 1e-3, the default of Kingma & Ba 2015) over
 shuffled mini-batches, with a cosine learning-rate decay to zero over the run. ``mode`` picks
-the objective (:mod:`attrbound.objectives`): ``natural`` (cross-entropy), ``pgd_at`` (Madry et
-al. 2018), ``trades`` (Zhang et al. 2019), ``ig_norm`` (Chen et al. 2019), ``grad_norm``
-(double backprop, Ross & Doshi-Velez 2018) or ``curvature`` (CURE, Moosavi-Dezfooli et al.
-2019); each mode's options and defaults are in :func:`attrbound.objectives.defaults`.
-Deterministic for a given seed on the CPU.
+the objective (:mod:`attrbound.training.objectives`): ``natural`` (cross-entropy), ``pgd_at``
+(Madry et al. 2018), ``trades`` (Zhang et al. 2019), ``ig_norm`` (Chen et al. 2019),
+``grad_norm`` (double backprop, Ross & Doshi-Velez 2018) or ``curvature`` (CURE,
+Moosavi-Dezfooli et al. 2019); each mode's options and defaults are in
+:func:`attrbound.training.objectives.defaults`. Deterministic for a given seed on the CPU.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from attrbound import data, models, objectives
+from attrbound import data, models
 from attrbound.errors import AttrboundError
+from attrbound.training import objectives
 
 #: default passes over the data per mode for :func:`train_and_save` / ``attrbound train``,
 #: chosen so that each mode trains the default CNN on the bundled 10,000 MNIST images within
-#: 10 minutes on 2 shared CPU cores (ig_norm's step costs about 15x a natural step, so it
-#: gets one epoch; times in benchmarks/results/model_ranking.md).
+#: minutes on a CPU; ig_norm, whose step costs about 3 (steps + 1) m natural steps' passes
+#: (:func:`attrbound.training.objectives.ig_norm`), gets one epoch.
 DEFAULT_EPOCHS: dict[str, float] = {
     "natural": 3, "pgd_at": 3, "trades": 3, "ig_norm": 1, "grad_norm": 3, "curvature": 3,
 }
@@ -63,10 +64,11 @@ def train(
 ) -> nn.Module:
     """Train ``model`` on images [N, C, H, W] in [0, 1] and labels [N]; returns it frozen.
 
-    ``mode``: the objective (default "natural"; see :data:`attrbound.objectives.MODES`) and
-    ``options`` its settings, e.g. ``{"eps": 0.1, "norm": "inf", "steps": 10}`` (None: the
-    mode's defaults, :func:`attrbound.objectives.defaults`; an option the mode does not take
-    raises AttrboundError). ``epochs`` may be fractional (e.g. 0.5 = half a pass); batches of
+    ``mode``: the objective (default "natural"; see
+    :data:`attrbound.training.objectives.MODES`) and ``options`` its settings, e.g.
+    ``{"eps": 0.1, "norm": "inf", "steps": 10}`` (None: the mode's defaults,
+    :func:`attrbound.training.objectives.defaults`; an option the mode does not take raises
+    AttrboundError). ``epochs`` may be fractional (e.g. 0.5 = half a pass); batches of
     ``batch_size`` (default 64); Adam with cosine decay of the learning rate from ``lr``
     (default 1e-3) to 0. Runs on the model's device; a tqdm bar shows the loss and its terms.
     Random starts of the inner maximisations come from a CPU generator seeded with ``seed``.
