@@ -38,8 +38,10 @@ from typing import Any
 import torch
 
 from attrbound import data, models
+from attrbound.attacks import attack
 from attrbound.attributions import attribution, resolve_target
 from attrbound.bounds import bound
+from attrbound.linalg import JacobianOperator, inf_to_two, random_start
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "runs" / "models" / "mnist-cnn-softplus.safetensors"
@@ -168,8 +170,6 @@ def interleaved(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, Any
 
 
 def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> None:
-    from attrbound.attacks import attack
-
     model, xs, _ = ms[784]
     lines += [
         "## 2. Bounds against one 50-step PGD attack (d = 784)",
@@ -221,10 +221,6 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
 
 def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int) -> None:
     """Where the l-inf dual's time goes, in products with M = J^T J, against PGD-50."""
-    from attrbound.attacks import attack
-    from attrbound.operators import JacobianOperator
-    from attrbound.spectral import inf_to_two, random_start
-
     model, xs, _ = ms[784]
     lines += [
         "## 2b. The l-inf dual's cost in products with M = J^T J (d = 784)",

@@ -6,8 +6,6 @@ import itertools
 import json
 import math
 import resource
-import sys
-import types
 
 import pytest
 import torch
@@ -15,11 +13,20 @@ from torch import nn
 
 import attrbound
 from attrbound import models
-from attrbound.attributions import attribution
-from attrbound.bounds import BoundResult, bound, cosine_from_euclidean, taylor_from_region
+from attrbound.attributions import attribution, integration_nodes
+from attrbound.bounds import (
+    REGION_OPTIONS,
+    SOLVER_OPTIONS,
+    BoundResult,
+    bound,
+    cosine_from_euclidean,
+    taylor_from_region,
+)
+from attrbound.bounds.region import _ascend
+from attrbound.cli import main
 from attrbound.errors import AttrboundError
 from attrbound.geometry import batch_norm
-from attrbound.operators import bilinear_gradient
+from attrbound.linalg import bilinear_gradient
 
 # ----------------------------------------------------------------------------------------
 # small smooth float64 models and their full Jacobians (the independent reference)
@@ -191,7 +198,7 @@ def test_region_is_at_least_taylor(norm, name):
     kw = dict(eps=eps, norm=norm, attribution=name, attribution_options=opts, seed=3)
     taylor = bound(model, x, method="taylor", **kw)
     region = bound(model, x, method="region", random=4, ascent_steps=4, **kw)
-    assert torch.equal(region.extra["operator_norm_x"], taylor.operator_norm)
+    assert torch.equal(region.at_x.operator_norm, taylor.operator_norm)
     # region's own solve at x is taylor's: same value, diagnostics and cosine
     derived = taylor_from_region(region)
     # ... in every pass: one input per pass, region drawing its own random points in between
@@ -332,8 +339,6 @@ def test_coarse_ascent_scores_with_the_full_map(norm):
     # the point it returns: <= sigma_max (l2) or the enumerated inf -> 2 norm (l-inf) of the
     # full Jacobian there. Here the one-node map's norm exceeds the full map's everywhere
     # the ascent goes, so a score taken from the coarse map would break the inequality.
-    from attrbound.bounds import REGION_OPTIONS, SOLVER_OPTIONS, _ascend
-
     d = 6
     model = LogCosh(torch.linspace(1.0, 2.0, d, dtype=torch.float64)).eval()
     x = 0.2 + 0.1 * _inputs((d,), b=3, seed=11)
@@ -363,8 +368,6 @@ def test_coarse_search_never_lifts_region_above_the_sup(norm, ascent_steps):
     # LogCosh, where the one-node map's norm exceeds the full map's sup, region must stay
     # below that sup, computed independently: J(z) is diagonal, J_ii = d/dz_i of
     # z_i sum_k w_k c_i tanh(a t_k z_i), maximised coordinate by coordinate on a grid
-    from attrbound.attributions import integration_nodes
-
     d, a = 6, 10.0
     c = torch.linspace(1.0, 2.0, d, dtype=torch.float64)
     model = LogCosh(c, a).eval()
@@ -540,16 +543,14 @@ def test_nan_and_bad_inputs():
         .isfinite().all()
 
 
-def test_interval_is_dispatched_lazily(monkeypatch):
+def test_interval_is_dispatched(monkeypatch):
     calls = {}
 
     def fake_interval_bound(model, x, **kwargs):
         calls.update(kwargs, model=model, x=x)
         return "interval-result"
 
-    fake = types.ModuleType("attrbound.interval")
-    fake.interval_bound = fake_interval_bound
-    monkeypatch.setitem(sys.modules, "attrbound.interval", fake)
+    monkeypatch.setattr(attrbound.interval, "interval_bound", fake_interval_bound)
     model, x = _mlp(d=6, seed=8), _inputs((6,), b=2)
     out = bound(model, x, eps=0.1, norm="linf", method="interval", attribution="saliency",
                 target=2, domain=(0.0, 1.0), extra_option=3)
@@ -570,9 +571,33 @@ def test_large_input_runs_matrix_free():
                 inner_iter=2, sign_steps=2, random=1, ascent_steps=1, screen_iter=1)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert torch.isfinite(res.operator_norm).all() and (res.operator_norm > 0).all()
-    assert (reg.operator_norm >= reg.extra["operator_norm_x"]).all()
+    assert (reg.operator_norm >= reg.at_x.operator_norm).all()
     assert res.iterations.item() <= 5
     assert grown < 2 * 1024**2  # less than 2 GiB of extra peak memory
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_results_carry_no_graph_when_the_weights_require_grad(norm):
+    # an unfrozen model: its parameters require gradients, the bounds must still be plain
+    # tensors (no graph back to the weights), equal to the frozen model's
+    torch.manual_seed(0)
+    model = models.mlp((6,), 3, hidden=(8,), activation_name="softplus").double().eval()
+    assert all(p.requires_grad for p in model.parameters())
+    x = _inputs((6,), b=2)
+    kw = dict(eps=0.1, norm=norm)
+    taylor = bound(model, x, method="taylor", **kw)
+    region = bound(model, x, method="region", random=2, ascent_steps=2, **kw)
+    for res in (taylor, region, region.at_x):
+        for name in ("euclidean", "cosine", "attr_norm", "operator_norm", "iterations",
+                     "converged", "lower", "argmax"):
+            value = getattr(res, name)
+            if value is not None:
+                assert value.grad_fn is None and not value.requires_grad, (res.method, name)
+        for name, value in res.extra.items():
+            if isinstance(value, torch.Tensor):
+                assert value.grad_fn is None and not value.requires_grad, (res.method, name)
+    frozen = bound(models.freeze(model), x, method="region", random=2, ascent_steps=2, **kw)
+    assert torch.equal(frozen.operator_norm, region.operator_norm)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -590,8 +615,6 @@ def test_device_follows_the_inputs():
 
 
 def test_cli_bound(tmp_path, capsys):
-    from attrbound.cli import main
-
     torch.manual_seed(0)
     config = {"arch": "cnn", "input_shape": [1, 28, 28], "channels": [2], "hidden": 8,
               "dataset": "mnist", "activation": "softplus"}

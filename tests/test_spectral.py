@@ -8,8 +8,11 @@ import math
 import pytest
 import torch
 
-from attrbound.operators import DenseOperator
-from attrbound.spectral import (
+from attrbound import models
+from attrbound.attributions import attribution
+from attrbound.linalg import (
+    DenseOperator,
+    JacobianOperator,
     inf_to_two,
     lanczos,
     random_start,
@@ -123,10 +126,6 @@ def test_lanczos_survives_invariant_krylov_spaces(cut):
 
 
 def test_jacobian_operator_restrict_is_the_rows_operator():
-    from attrbound import models
-    from attrbound.attributions import attribution
-    from attrbound.operators import JacobianOperator
-
     torch.manual_seed(0)
     model = models.freeze(models.mlp((1, 4, 4), hidden=(8,), activation_name="softplus").double())
     x = torch.rand(5, 1, 4, 4, dtype=torch.float64)

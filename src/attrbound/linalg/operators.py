@@ -1,4 +1,6 @@
-"""The Jacobian of an attribution map as a batched, matrix-free linear operator (DESIGN.md 3).
+"""The Jacobian of an attribution map as a batched, matrix-free linear operator.
+
+See docs/design.md section 3.
 
 For an attribution A (:mod:`attrbound.attributions`) with fixed targets t and a batch of
 points z [B, *S], J(z) = dA/dz is block-diagonal over the batch (each example's map depends
@@ -8,8 +10,8 @@ formed; :class:`JacobianOperator` applies all blocks at once with torch.func:
 - J^T u: one reverse pass through the cached ``torch.func.vjp`` of A at z (A's forward and
   backward graph are recorded once, at construction);
 - J v: the transpose of that linear map, by a second, cached ``vjp`` of u -> J^T u (a linear
-  function, so its vjp at u = 0 serves every v). Measured on a small CNN this is cheaper than
-  a forward-mode ``torch.func.jvp``, which re-runs A every time;
+  function, so its vjp at u = 0 serves every v), rather than a forward-mode
+  ``torch.func.jvp``, which would re-run A on every call;
 - symmetric J (``saliency``: J = Hessian of the target logit; ``smoothgrad``: a mean of
   Hessians): J v = J^T v, so the one cached Hessian-vector product serves both;
 - M v = J^T J v.
@@ -156,3 +158,6 @@ def bilinear_gradient(
 
     grad, aux = torch.func.grad(phi, has_aux=True)(z.detach())
     return grad, aux.detach()
+
+
+__all__ = ["DenseOperator", "JacobianOperator", "bilinear_gradient", "is_symmetric"]

@@ -1,7 +1,7 @@
-"""Batched spectral solvers for the operator norms of J (DESIGN.md section 3.1).
+"""Batched spectral solvers for the operator norms of J (docs/design.md section 3.1).
 
 Everything here is matrix-free: a linear operator is only ever applied to a batch of vectors
-[B, n] (one vector per example, see :mod:`attrbound.operators`), and every solver runs all B
+[B, n] (one vector per example, see :mod:`attrbound.linalg.operators`), and every solver runs all B
 examples together, converging and reporting per example.
 
 - :func:`lanczos`: extreme eigenpair of a symmetric operator by Lanczos with full
@@ -39,7 +39,7 @@ MatVec = Callable[[Tensor], Tensor]
 
 
 class LinearOperator(Protocol):
-    """A batch of n x n matrices J_b applied to vectors [B, n] (see attrbound.operators)."""
+    """A batch of n x n matrices J_b applied to vectors [B, n] (see attrbound.linalg.operators)."""
 
     symmetric: bool
 
@@ -117,10 +117,8 @@ def lanczos(
     (at most n) steps were made. Without ``restrict``, stopped examples keep riding along with
     the batch (their result is frozen), so one call costs max_b(iterations_b) + 1 products of
     the whole batch; with it, the batch is cut down to the running examples after every step
-    in which one stopped. (Measured, benchmarks/bench_bounds.py's models, batch 16: cutting
-    at every stop rather than once half the batch stopped took integrated gradients at
-    d = 3072 from 1.50 to 1.22 s per input and the l-inf dual from 5.0 to 4.5 s, and left
-    saliency l2 at batch 128 unchanged.)
+    in which one stopped: a running example then no longer pays for the stopped ones
+    (benchmarks/RESULTS.md).
 
     Args:
         matvec: v [B, n] -> K v [B, n], K_b symmetric.
@@ -287,7 +285,7 @@ def _restricted(
 ) -> Callable[[Tensor], MatVec] | None:
     """rows -> the ``product`` (``"matvec"`` or ``"gram"``) of op restricted to those rows,
     minus diag(shift[rows]) when a shift [B, n] is given; None when op cannot be restricted
-    (an operator may offer ``restrict(rows)``, see :mod:`attrbound.operators`)."""
+    (an operator may offer ``restrict(rows)``, see :mod:`attrbound.linalg.operators`)."""
     if not hasattr(op, "restrict"):
         return None
 
@@ -402,18 +400,13 @@ def inf_to_two(
     theta + ||r|| an upper estimate of lambda_max only when Lanczos has found the top of the
     spectrum (module docstring): the result is a practical, not a certified, bound. For PSD M
     the optimal v is within a factor pi/2 of the true maximum (the SDP relaxation,
-    Nesterov 1998). Measured on integrated-gradients Jacobians of the MNIST demo CNN
-    (n = 784, float32): upper/lower = 1.03-1.10 with the defaults (about 210 products with
-    M), 1.03-1.09 with 20 steps (about 370), against 1.55-1.83 for v = 0.
+    Nesterov 1998); the few subgradient steps close most of the gap between v = 0 and the
+    sign iteration's value (upper/lower ratios and costs in benchmarks/RESULTS.md).
 
     The final solve keeps ``tol`` (relative to lambda_max(M)) although near the optimum the
-    top of M - diag(v) is a cluster, where the Ritz value settles fast and the residual slowly
-    (57 of the 213 products on 16 MNIST saliency inputs). Tried: stopping it once
-    n ||r|| <= 0.01 max(L, n theta), from the last Ritz vector plus an equal random part.
-    On 32 MNIST saliency inputs it took 31 steps (81 with 1e-5 for 0.01), but Lanczos can
-    then stop on the cluster's second eigenvalue: on the 12-input MLP of tests/test_bounds.py
-    (integrated gradients, float64) the bound fell under the enumerated maximum (0.3414 <
-    0.3430).
+    top of M - diag(v) is a cluster, where the Ritz value settles fast and the residual
+    slowly: a looser stop can end on the cluster's second eigenvalue, and the value then
+    falls under the maximum it must bound.
 
     Args:
         op: the operator (``op.gram`` applies M); start: [B, n] nonzero start vectors.

@@ -1,0 +1,293 @@
+"""The region bound (docs/design.md section 3.2): U(x) = eps * sup_{z in P(x)} ||J(z)||_{p->2}.
+
+A(x + delta) - A(x) = int_0^1 J(x + t delta) delta dt, so the sup of the operator norm over
+the perturbation set P(x) bounds the deviation. The sup is estimated, per input, by the
+maximum of the operator norm at x (exactly taylor's solve), at random points of P(x), at
+points the caller passes (e.g. attack iterates) and along projected gradient ascent on
+||J(z)||_{p->2} inside P(x):
+
+- every point z other than x is scored by a cheap lower estimate of ||J(z)||_{p->2}
+  (||J(z) w|| with w x's singular / sign vector: one product per point);
+- the ascent climbs phi(z) = u^T J(z) w with (u, w) tracking the top singular pair (l2) or
+  (J s / ||J s||, s) (l-inf) by alternating half-steps of the power / sign iteration
+  (:func:`attrbound.linalg.bilinear_gradient`);
+- the best-scoring point gets a tight solve; operator_norm is the largest value found, so
+  region >= taylor always.
+
+The sup is an estimate, so the bound is practical, not certified.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attrbound.attributions import Attribution, IntegratedGradients
+from attrbound.bounds.solve import Call, Estimate, in_rows, prepare, solve
+from attrbound.errors import AttrboundError
+from attrbound.geometry import (
+    default_step_size,
+    per_example,
+    project,
+    sample_ball,
+    steepest_direction,
+    unit,
+)
+from attrbound.linalg import JacobianOperator, bilinear_gradient, is_symmetric
+from attrbound.results import BoundResult
+
+#: the kinds of point the largest operator norm can come from (BoundResult.source)
+SOURCES = ("x", "random", "points", "ascent")
+
+
+def check_points(
+    points: Any, x: Tensor, eps: float, norm: str, domain: tuple[float, float] | None
+) -> Tensor | None:
+    """Caller points as [B, P, *S] (or [B, *S], one per input) inside the perturbation set
+    (projected), or None."""
+    if points is None:
+        return None
+    if not isinstance(points, Tensor):
+        raise AttrboundError(f"points must be a tensor [B, P, *S], got {type(points).__name__}.")
+    shape = tuple(x.shape)
+    if tuple(points.shape) == shape:
+        points = points.unsqueeze(1)
+    if points.dim() != x.dim() + 1 or points.shape[0] != shape[0] or tuple(
+        points.shape[2:]
+    ) != shape[1:] or points.shape[1] < 1:
+        raise AttrboundError(
+            f"points must be shaped [B, P, {', '.join(map(str, shape[1:]))}] with B = "
+            f"{shape[0]}, got {tuple(points.shape)}."
+        )
+    points = points.detach().to(device=x.device, dtype=x.dtype)
+    if not torch.isfinite(points).all():
+        raise AttrboundError("points contain NaN or infinite values.")
+    p = points.shape[1]
+    xr = x.unsqueeze(1).expand_as(points).reshape((-1,) + shape[1:])
+    flat = points.reshape((-1,) + shape[1:])
+    inside = xr + project(flat - xr, xr, eps, norm, domain)
+    return inside.reshape((shape[0], p) + shape[1:])
+
+
+# ----------------------------------------------------------------------------------------
+# Scoring and ascent (every step batched over the points)
+# ----------------------------------------------------------------------------------------
+
+
+def _screen(
+    attr: Attribution, z: Tensor, target: Tensor, warm: Tensor, norm: str, opts: dict[str, Any]
+) -> Tensor:
+    """Cheap lower estimate of ||J(z)||_{p->2}, z [N, *S], from x's vector warm [N, n]:
+    ||J(z) w|| after ``screen_iter`` - 1 power-iteration steps w <- J^T J w / ||J^T J w||
+    from w = warm (l2, unit w: a value <= sigma_max), or sign-iteration steps
+    s <- sign(J^T J s) from s = warm (l-inf: a feasible value ||J s||). The default
+    (screen_iter = 1) costs one product J w per point."""
+    op = JacobianOperator(attr, z, target)
+    w = warm
+    for _ in range(opts["screen_iter"] - 1):
+        m = op.gram(w)
+        w = unit(m) if norm == "2" else torch.where(m == 0, w, torch.sign(m))
+    return op.matvec(w).flatten(1).norm(dim=1)
+
+
+def _coarse_map(attr: Attribution, opts: dict[str, Any]) -> Attribution:
+    """The map region screens and ascends on (never the source of a reported value):
+    integrated gradients with more than ``coarse_ig_steps`` steps coarsened to that many
+    (:meth:`IntegratedGradients.with_steps`), otherwise attr itself."""
+    coarse = opts.get("coarse_ig_steps")
+    if isinstance(attr, IntegratedGradients) and coarse is not None and attr.steps > coarse:
+        return attr.with_steps(coarse)
+    return attr
+
+
+def _ascend(
+    attr: Attribution, x: Tensor, target: Tensor, z: Tensor, w: Tensor, eps: float, norm: str,
+    domain: tuple[float, float] | None, opts: dict[str, Any],
+) -> tuple[Tensor, Tensor]:
+    """Projected gradient ascent on ||J(z)||_{p->2} from z [N, *S]; (best score [N], point).
+
+    phi(z) = u^T J(z) w with w the right singular vector (l2, unit) or a sign vector s
+    (l-inf) and u = J w / ||J w||. Step t computes grad phi and, alternately, J(z) w (then
+    u <- J w / ||J w||) or J(z)^T u (then w <- J^T u / ||J^T u|| or sign(J^T u)), i.e. half a
+    power / sign iteration per step, tracking the pair as z moves. Every iterate is scored by
+    the lower value it yields (||J w||_2, ||J^T u||_2 for l2, ||J^T u||_1 for l-inf), then
+    z <- x + Proj(z - x + alpha dir(grad)), dir = sign (l-inf) or grad / ||grad||_2 (l2).
+
+    Integrated gradients climb the coarser quadrature of :func:`_coarse_map`; the best point
+    is then rescored with the full map and the vector tracked there, so the score returned
+    is always a lower value of the full map's ||J(z)||_{p->2}.
+    """
+    full, attr = attr, _coarse_map(attr, opts)
+    steps = opts["ascent_steps"]
+    alpha = opts["step_size"] or default_step_size(eps, steps)
+    symmetric = is_symmetric(attr)
+    w = w.reshape(z.shape)
+    jw = JacobianOperator(attr, z, target).matvec(w)
+    best = jw.flatten(1).norm(dim=1)
+    best_z, best_w = z, w
+    u = unit(jw)
+    for t in range(steps):
+        transpose = t % 2 == 0
+        if transpose or not symmetric:
+            g, aux = bilinear_gradient(attr, z, target, u, w, transpose=transpose)
+        else:  # J = J^T: J w = J^T w by the reverse-mode path, cheaper than forward mode
+            g, aux = bilinear_gradient(attr, z, target, w, u, transpose=True)
+        if transpose:  # aux = J(z)^T u
+            flat = aux.flatten(1)
+            score = flat.norm(dim=1) if norm == "2" else flat.abs().sum(dim=1)
+            w = unit(aux) if norm == "2" else torch.where(aux == 0, w, torch.sign(aux))
+        else:  # aux = J(z) w
+            score = aux.flatten(1).norm(dim=1)
+            u = unit(aux)
+        better = score > best
+        best = torch.where(better, score, best)
+        best_z = torch.where(per_example(better, z), z, best_z)
+        best_w = torch.where(per_example(better, z), w, best_w)
+        z = x + project(z - x + alpha * steepest_direction(g, norm), x, eps, norm, domain)
+        if domain is not None:
+            z = z.clamp(domain[0], domain[1])
+    score = JacobianOperator(attr, z, target).matvec(w).flatten(1).norm(dim=1)
+    better = score > best
+    best, best_z = torch.where(better, score, best), torch.where(per_example(better, z), z, best_z)
+    if attr is not full:
+        best_w = torch.where(per_example(better, z), w, best_w)
+        best = JacobianOperator(full, best_z, target).matvec(best_w).flatten(1).norm(dim=1)
+    return best, best_z
+
+
+# ----------------------------------------------------------------------------------------
+# One pass, and the method
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RegionPass:
+    """What one pass of region yields, per input [B]: the estimate of the sup (``best``),
+    taylor's solve at x (``at_x``, with its time ``seconds_x``), the point where the sup was
+    found (``argmax`` [B, *S]) and its kind (``source``, one of :data:`SOURCES`)."""
+
+    best: Estimate
+    at_x: Estimate
+    seconds_x: float
+    argmax: Tensor
+    source: list[str]
+
+
+def region_pass(
+    attr: Attribution, x: Tensor, target: Tensor, eps: float, norm: str,
+    domain: tuple[float, float] | None, opts: dict[str, Any],
+    gens: tuple[torch.Generator, torch.Generator], points: Tensor | None, limit: int,
+) -> RegionPass:
+    """eps * sup_{z in P(x)} ||J(z)||_{p->2} estimated (without the eps) for one pass
+    x [B, *S]; points: [P, B, *S] or None; at most ``limit`` points per batched product."""
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    gen = gens[1]
+    started = time.perf_counter()
+    sx = solve(attr, x, target, norm, opts, gens[0])
+    seconds_x = time.perf_counter() - started
+    at_x = Estimate.of(sx)
+    best = torch.full((b,), -math.inf, dtype=sx.upper.dtype, device=x.device)
+    best_z = x
+    code = torch.zeros(b, dtype=torch.long, device=x.device)
+    rows = torch.arange(b, device=x.device)
+
+    def consider(score: Tensor, z: Tensor, kind: int) -> None:
+        nonlocal best, best_z, code
+        better = score > best
+        best = torch.where(better, score, best)
+        best_z = torch.where(per_example(better, z), z, best_z)
+        code = torch.where(better, torch.full_like(code, kind), code)
+
+    groups: list[tuple[Tensor, int]] = []
+    if opts["random"] > 0:
+        groups.append((sample_ball(x, eps, norm, opts["random"], gen, domain), 1))
+    if points is not None:
+        groups.append((points, 2))
+    search = _coarse_map(attr, opts)
+
+    def screen(m: Attribution, flat: Tensor, reps: int) -> Tensor:
+        tt, warm, of = target.repeat(reps), sx.vector.repeat(reps, 1), rows.repeat(reps)
+        (scores,) = in_rows(
+            lambda sl: (_screen(m.for_rows(of[sl], x.shape), flat[sl], tt[sl], warm[sl], norm,
+                                opts),),
+            reps * b, limit,
+        )
+        return scores
+
+    for cand, kind in groups:
+        k = cand.shape[0]
+        top, idx = screen(search, cand.reshape((k * b,) + shape), k).reshape(k, b).max(dim=0)
+        picked = cand[idx, rows]
+        if search is not attr:  # a score of the coarse map is no value of the full one
+            top = screen(attr, picked, 1)
+        consider(top, picked, kind)
+
+    if opts["ascent_steps"] > 0:
+        r = opts["restarts"]
+        first = torch.where(per_example(torch.isfinite(best), x), best_z, x)
+        starts = [first] + [sample_ball(x, eps, norm, 1, gen, domain)[0] for _ in range(r - 1)]
+        z0, xx = torch.cat(starts), x.repeat((r,) + (1,) * len(shape))
+        tt, ww, of = target.repeat(r), sx.vector.repeat(r, 1), rows.repeat(r)
+        scores, zs = in_rows(
+            lambda sl: _ascend(attr.for_rows(of[sl], x.shape), xx[sl], tt[sl], z0[sl], ww[sl],
+                               eps, norm, domain, opts),
+            r * b, limit,
+        )
+        top, idx = scores.reshape(r, b).max(dim=0)
+        consider(top, zs.reshape((r, b) + shape)[idx, rows], 3)
+
+    if not bool(torch.isfinite(best).any()):
+        return RegionPass(at_x, at_x, seconds_x, x.clone(), [SOURCES[0]] * b)
+    sb = solve(attr, best_z, target, norm, opts, gen)
+    value = torch.maximum(sb.upper, best)  # the lower estimate can only add safety
+    use = value > sx.upper
+
+    def pick(new: Tensor | None, old: Tensor | None) -> Tensor | None:
+        return None if old is None or new is None else torch.where(use, new, old)
+
+    lower = None
+    if sx.lower is not None and sb.lower is not None:  # every score is a feasible lower
+        lower = torch.maximum(torch.maximum(sx.lower, sb.lower), best)  # value of the sup
+    top = Estimate(
+        operator_norm=torch.where(use, value, at_x.operator_norm),
+        attr_norm=at_x.attr_norm,
+        iterations=torch.where(use, sb.iterations, at_x.iterations),
+        converged=torch.where(use, sb.converged, at_x.converged),
+        lower=lower,
+        operator_norm_v0=pick(sb.v0, at_x.operator_norm_v0),
+    )
+    source = [SOURCES[int(c)] if u else SOURCES[0] for c, u in zip(code, use, strict=True)]
+    return RegionPass(top, at_x, seconds_x, torch.where(per_example(use, x), best_z, x), source)
+
+
+@torch.no_grad()  # torch.func transforms inside still differentiate; no graph to the weights
+def run(
+    model: nn.Module, x: Tensor, attr: Attribution, *, eps: float, norm: str,
+    target: int | Tensor | None, domain: tuple[float, float] | None,
+    surrogate_beta: float | None, options: dict[str, Any],
+) -> BoundResult:
+    """method="region" of :func:`attrbound.bound`, on checked arguments (x [B, *S]
+    detached, norm parsed, eps > 0, attr an :class:`Attribution`); result tensors [B], plus
+    ``argmax`` [B, *S], ``source`` and ``at_x`` (taylor's bound, from the solves at x)."""
+    started = time.perf_counter()
+    call: Call = prepare("region", model, x, attr, target=target,
+                         surrogate_beta=surrogate_beta, options=options, inside=domain)
+    points = check_points(call.opts["points"], x, eps, norm, domain)
+    parts = []
+    for sl, chunk in call.passes(x):
+        pts = None if points is None else points[sl].transpose(0, 1)
+        parts.append(region_pass(chunk, x[sl], call.target[sl], eps, norm, domain, call.opts,
+                                 call.gens, pts, call.limit))
+    at_x = call.result("taylor", Estimate.cat([p.at_x for p in parts]), eps=eps, norm=norm,
+                       seconds=sum(p.seconds_x for p in parts), from_region=True)
+    return call.result(
+        "region", Estimate.cat([p.best for p in parts]), eps=eps, norm=norm,
+        seconds=time.perf_counter() - started, at_x=at_x,
+        argmax=torch.cat([p.argmax for p in parts]),
+        source=[s for p in parts for s in p.source],
+    )

@@ -1,0 +1,45 @@
+"""Matrix-free linear algebra on the Jacobian of an attribution map (docs/design.md section 3).
+
+- :mod:`attrbound.linalg.operators`: J(z) = dA/dz as a batched linear operator (J v, J^T u,
+  J^T J v) and the gradient of u^T J(z) w;
+- :mod:`attrbound.linalg.spectral`: the batched solvers for its operator norms (Lanczos,
+  sigma_max for l2, the inf -> 2 norm for l-inf).
+"""
+
+from __future__ import annotations
+
+from attrbound.linalg.operators import (
+    DenseOperator,
+    JacobianOperator,
+    bilinear_gradient,
+    is_symmetric,
+)
+from attrbound.linalg.spectral import (
+    Eigen,
+    InfToTwo,
+    LinearOperator,
+    Singular,
+    default_tol,
+    inf_to_two,
+    lanczos,
+    random_start,
+    sign_iteration,
+    top_singular,
+)
+
+__all__ = [
+    "DenseOperator",
+    "Eigen",
+    "InfToTwo",
+    "JacobianOperator",
+    "LinearOperator",
+    "Singular",
+    "bilinear_gradient",
+    "default_tol",
+    "inf_to_two",
+    "is_symmetric",
+    "lanczos",
+    "random_start",
+    "sign_iteration",
+    "top_singular",
+]
