@@ -20,10 +20,11 @@ from torch import nn
 
 from attrbound import attributions, interval
 from attrbound.attributions import IntegratedGradients, SmoothGrad, attribution
-from attrbound.bounds import cosine_from_euclidean
 from attrbound.errors import AttrboundError
 from attrbound.geometry import project, sample_ball
 from attrbound.interval import attribution_intervals, interval_bound
+from attrbound.interval.rounding import units_for as _units_for
+from attrbound.results import cosine_from_euclidean
 
 ACTS = ("relu", "softplus", "elu", "tanh", "sigmoid")
 NAMES = ("saliency", "input_x_gradient", "integrated_gradients")
@@ -541,8 +542,6 @@ def test_softplus_threshold_jump_in_a_float64_model():
 def test_rounding_unit_follows_buffers_and_matmul_precision():
     """The model's format is the coarsest of inputs, parameters and buffers (BatchNorm
     statistics), and float32 matmuls allowed to run in bfloat16 get bfloat16's unit."""
-    from attrbound.interval import _units_for
-
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)).double().eval()
     x = torch.rand(2, 4, dtype=torch.float64)
     assert _units_for(model, x, "float").u < 1e-15

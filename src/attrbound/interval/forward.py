@@ -1,0 +1,251 @@
+"""Forward pass: bounds on every pre-activation q_i over the input set.
+
+- interval arithmetic (IBP) in centre-radius form, [c - r, c + r] -> W c + b -/+ |W| r
+  (:meth:`attrbound.interval.ops.AffineOp.ibp`);
+- l2: the first block's exact radius (:func:`attrbound.interval.perturbation.first_layer_ball`),
+  intersected with the box bound;
+- ``tightening="crown"`` (default): every pre-activation is also bounded by back-substitution
+  (CROWN, Zhang et al. 2018): linear relaxations a_lo q + b_lo <= sigma(q) <= a_up q + b_up on
+  each neuron's interval (:meth:`attrbound.interval.ops.Activation.relax`), propagated back to
+  the input and minimised over the box (and the l2 ball); the result is intersected with IBP,
+  so it is never looser.
+
+Every bound contains the exact value and the value as the model evaluates it: alongside IBP a
+bound e on |evaluated - exact| is propagated, and the CROWN bounds (for the exact network) are
+widened by it; every back-substitution step adds gamma * sum |Lambda| |v|_max for its own
+float64 rounding (attrbound.interval.rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from attrbound.interval.graph import Net
+from attrbound.interval.ops import Activation, AffineOp
+from attrbound.interval.perturbation import InputSet, first_layer_ball
+from attrbound.interval.rounding import Units, center_radius, down, mag, outward, up
+
+__all__ = ["MAX_ELEMENTS", "TIGHTENINGS", "crown", "forward"]
+
+TIGHTENINGS = ("none", "crown")
+#: default size (float64 entries) of one CROWN back-substitution tensor [inputs, rows, *layer]
+MAX_ELEMENTS = 2**23
+
+
+def forward(
+    net: Net, inset: InputSet, tightening: str, units: Units, max_elements: int
+) -> list[tuple[Tensor, Tensor]]:
+    """Bounds [lo, hi] [N, *pre_shapes[i]] of every pre-activation q_i over the input set (each
+    containing the exact value and the value as evaluated)."""
+    lo, hi = inset.lo, inset.hi
+    e = torch.zeros_like(lo)  # bound on |evaluated - exact| of the current quantity
+    pre: list[tuple[Tensor, Tensor]] = []
+    mvecs: list[list[Tensor]] = []
+    for i, act in enumerate(net.acts):
+        mv = []
+        for op in net.blocks[i]:
+            lo, hi, m = op.ibp(lo, hi, units)
+            mv.append(m)
+            e = op.eval_error(e, m, units)
+        mvecs.append(mv)
+        tight: tuple[Tensor, Tensor] | None = None
+        if i == 0 and inset.radius is not None:
+            tight = first_layer_ball(net, inset, units)
+        if tight is None and (tightening == "crown" or (i == 0 and inset.radius is not None)):
+            tight = crown(net, i, pre, mvecs, inset, units, max_elements)
+        if tight is not None:
+            lc, uc = outward(tight[0], tight[1], e)
+            lo, hi = torch.maximum(lo, lc), torch.minimum(hi, uc)
+        pre.append((lo, hi))
+        lip = act.lipschitz(lo, hi, units)
+        vlo, vhi = act.range(lo, hi, units)
+        # evaluated and exact pre-activations may lie on either side of softplus' threshold,
+        # where torch's value jumps down by act.jump (0 for the other activations)
+        e = up(lip * e + act.value_err(mag(vlo, vhi), mag(lo, hi), units) + act.jump)
+        lo, hi = vlo, vhi
+    return pre
+
+
+def crown(
+    net: Net,
+    j: int,
+    pre: list[tuple[Tensor, Tensor]],
+    mvecs: list[list[Tensor]],
+    inset: InputSet,
+    units: Units,
+    max_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds [N, *shape(q_j)] of pre-activation j by back-substitution.
+
+    Rows Lambda = +/- e_i (one per neuron and sign), in chunks of neurons. Through blocks[j] the
+    rows are the same for every input (computed once, with the +rows only); from the first
+    relaxation on they are per input ([n, 2R, *s], chunks of inputs). One chunk holds at most
+    about ``max_elements`` float64 entries. ``pre``: the bounds of q_0 .. q_{j-1}; ``mvecs``:
+    per block, each layer's mvec (AffineOp.ibp)."""
+    shape = net.pre_shapes[j]
+    k = math.prod(shape)
+    n = inset.lo.shape[0]
+    per = net.widest(j)
+    rows = max(1, min(k, max_elements // (2 * per)))
+    nb = max(1, min(n, max_elements // (2 * rows * per)))
+    dev = inset.lo.device
+    lower = inset.lo.new_empty((n, k))
+    upper = inset.lo.new_empty((n, k))
+    for r0 in range(0, k, rows):
+        r = min(rows, k - r0)
+        lam = torch.zeros((r, k), dtype=torch.float64, device=dev)
+        lam[torch.arange(r, device=dev), torch.arange(r0, r0 + r, device=dev)] = 1.0
+        lam = lam.reshape((r,) + shape)
+        const = lam.new_zeros(r)
+        err = lam.new_zeros(n, r)
+        lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err, units)
+        if j == 0:
+            lo, hi = _concretize(lam, True, const, err, inset, units)
+            lower[:, r0 : r0 + r], upper[:, r0 : r0 + r] = lo, hi
+            continue
+        for n0 in range(0, n, nb):
+            s = slice(n0, n0 + nb)
+            lam_s, const_s, err_s, shared = lam, const, err[s], True
+            for i in range(j - 1, -1, -1):
+                block, mv = net.blocks[i], [v[s] for v in mvecs[i]]
+                nxt = (block[-1], mv[-1]) if block and not block[-1].exact else None
+                lam_s, const_s, err_s = _relax_step(net.acts[i], pre[i][0][s], pre[i][1][s],
+                                                    lam_s, const_s, err_s, units, shared, nxt)
+                shared = False
+                lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
+                                                       units, counted=nxt is not None)
+            lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s), units)
+            lower[s, r0 : r0 + r] = lo[:, :r]
+            upper[s, r0 : r0 + r] = -lo[:, r:]
+    return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
+
+
+def _absdot(lam: Tensor, vec: Tensor, shared: bool) -> Tensor:
+    """sum over features of |Lambda| * vec: Lambda [R, *s] (shared by all inputs) or [n, R, *s],
+    vec [n, *s] -> [n, R]."""
+    return _dot(lam.abs(), vec, shared)
+
+
+def _dot(lam: Tensor, vec: Tensor, shared: bool) -> Tensor:
+    """sum over features of Lambda * vec (shapes as for _absdot)."""
+    a = lam.flatten(-(vec.dim() - 1)) if vec.dim() > 1 else lam
+    v = vec.flatten(1)
+    if shared:
+        return v @ a.transpose(0, 1)
+    return torch.bmm(a, v.unsqueeze(2)).squeeze(2)
+
+
+def _through_block(
+    block: list[AffineOp], mv: list[Tensor], lam: Tensor, shared: bool, const: Tensor,
+    err: Tensor, units: Units, counted: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Lambda . v_out = (Lambda W) . v_in + Lambda . b, layer by layer backwards; each layer adds
+    gamma * |Lambda| . (|W| |v_in|_max + |b|) to ``err`` [n, R] (the rounding of Lambda W and of
+    Lambda . b, both dot products). ``counted``: the last layer's term is already in ``err``."""
+    for o in range(len(block) - 1, -1, -1):
+        op = block[o]
+        if not op.exact:
+            if not (counted and o == len(block) - 1):
+                err = err + op.crown_gamma(units) * _absdot(lam, mv[o], shared)
+            if op.bias is not None:
+                full = op.bias.expand(op.out_shape).reshape(-1)
+                const = const + lam.flatten(-len(op.out_shape)) @ full
+        lam = op.backward(lam, shared)
+    return lam, const, err
+
+
+def _relax_step(
+    act: Activation,
+    lo: Tensor,
+    hi: Tensor,
+    lam: Tensor,
+    const: Tensor,
+    err: Tensor,
+    units: Units,
+    shared: bool,
+    next_op: tuple[AffineOp, Tensor] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Lambda . sigma(q) >= (Lambda+ a_lo + Lambda- a_up) . q + Lambda+ . b_lo + Lambda- . b_up
+    for q in [lo, hi], computed as Lambda a_mid + |Lambda| a_half with a_mid = (a_lo + a_up) / 2,
+    a_half = (a_lo - a_up) / 2 (likewise b).
+
+    ``shared``: Lambda [R, *s] is the same for all n inputs and stands for the rows +Lambda and
+    -Lambda: the result is [n, 2R, *s] (+rows first). Otherwise Lambda is [n, R, *s].
+    The rounding of the new Lambda and constant (including that of a_mid, a_half) adds
+    3 gamma * |Lambda| . (|a|_max |q|_max + |b|_max) + 2 u |const| to ``err``; ``next_op`` =
+    (layer, its mvec) whose output is q: its error term gamma |Lambda'| . mvec is added here
+    too, with |Lambda'| <= |Lambda| |a|_max (1 + 4u)."""
+    a_lo, b_lo, a_up, b_up = act.relax(lo, hi, units)
+    ab = lam.abs()
+    amax = torch.maximum(a_lo.abs(), a_up.abs())
+    vec = amax * mag(lo, hi) + torch.maximum(b_lo.abs(), b_up.abs())
+    cols = [(0.5 * (b_lo - b_up)).flatten(1), vec.flatten(1)]
+    if next_op is not None:
+        cols.append((amax * next_op[1]).flatten(1))
+    both = torch.stack(cols, dim=2)  # [n, d, k]
+    n, d = both.shape[:2]
+    g = 3 * units.gamma(d)
+    if shared:
+        r = lam.shape[0]
+        res = torch.matmul(ab.reshape(r, d), both)  # [n, R, k]
+        dotb = _dot(lam, 0.5 * (b_lo + b_up), True)
+        const = torch.cat([const + dotb + res[..., 0], -const - dotb + res[..., 0]], dim=1)
+        add = g * res[..., 1]
+        if next_op is not None:
+            add = add + next_op[0].crown_gamma(units) * (1 + 4 * units.u) * res[..., 2]
+        err = torch.cat([err + add, err + add], dim=1)
+        shape = lam.shape[1:]
+        p = lam.unsqueeze(0) * (0.5 * (a_lo + a_up)).unsqueeze(1)
+        q = ab.unsqueeze(0) * (0.5 * (a_lo - a_up)).unsqueeze(1)
+        new = lam.new_empty((n, 2 * r) + shape)
+        torch.add(p, q, out=new[:, :r])
+        torch.sub(q, p, out=new[:, r:])
+    else:
+        r = lam.shape[1]
+        res = torch.bmm(ab.reshape(n, r, d), both)
+        const = const + _dot(lam, 0.5 * (b_lo + b_up), False) + res[..., 0]
+        err = err + g * res[..., 1]
+        if next_op is not None:
+            err = err + next_op[0].crown_gamma(units) * (1 + 4 * units.u) * res[..., 2]
+        new = lam * (0.5 * (a_lo + a_up)).unsqueeze(1)
+        new.addcmul_(ab, (0.5 * (a_lo - a_up)).unsqueeze(1))
+    err = err + 2 * units.u * const.abs()
+    return new, const, err
+
+
+def _concretize(
+    lam: Tensor, shared: bool, const: Tensor, err: Tensor, inset: InputSet, units: Units
+) -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds [n, R] of const + Lambda . z - / + err over the box (and the l2
+    ball): Lambda . c -/+ |Lambda| . r, and Lambda . x -/+ rho ||Lambda||_2."""
+    d = math.prod(inset.lo.shape[1:])
+    gd = units.gamma(d)
+    c, rad = center_radius(inset.lo, inset.hi)
+    ball = inset.radius is not None and inset.center is not None
+    flat = lam.reshape(lam.shape[: 1 if shared else 2] + (d,))
+    vecs = [c, rad, c.abs() + rad]
+    if ball:
+        assert inset.center is not None
+        vecs += [inset.center, inset.center.abs()]
+    stacked = torch.stack([v.reshape(-1, d) for v in vecs], dim=2)  # [n, d, k]
+    res_abs = torch.matmul(flat.abs(), stacked[..., 1:3] if not ball else stacked[..., [1, 2, 4]])
+    res = torch.matmul(flat, stacked[..., [0, 3]] if ball else stacked[..., :1])
+    dot, width, slack = res[..., 0], res_abs[..., 0], 2 * gd * res_abs[..., 1]
+    lo, hi = dot - width - slack, dot + width + slack
+    if ball:
+        assert inset.radius is not None
+        norms = up(flat.norm(dim=-1) * (1 + gd))
+        if shared:
+            norms = norms.unsqueeze(0)
+        reach = inset.radius.unsqueeze(1) * norms
+        dotx = res[..., 1]
+        slack = 2 * gd * (res_abs[..., 2] + reach)
+        lo = torch.maximum(lo, dotx - reach - slack)
+        hi = torch.minimum(hi, dotx + reach + slack)
+    if const.dim() == 1:
+        const = const.unsqueeze(0)
+    margin = 4 * units.u * (const.abs() + mag(lo, hi) + err) + units.abs_tiny(d)
+    return down(const + lo - err - margin), up(const + hi + err + margin)
