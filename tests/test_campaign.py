@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from attrbound import campaign, models
-from attrbound.attacks import AttackResult
-from attrbound.bounds import BoundResult, cosine_from_euclidean
 from attrbound.campaign import Grid
 from attrbound.errors import AttrboundError
+from attrbound.results import AttackResult, BoundResult, cosine_from_euclidean
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -41,16 +40,16 @@ def tiny(tmp_path_factory):
 
 
 class FakeAttack:
-    """A deterministic stand-in for attrbound.attack whose figures depend on the whole batch
-    and the seed (as the real ones do, through the random start)."""
+    """A deterministic stand-in for attrbound.attack (an AttackFunction) whose figures depend
+    on the whole batch and the seed (as the real ones do, through the random start)."""
 
     def __init__(self, fail_after: int | None = None, kept: bool = True) -> None:
         self.calls = 0
         self.fail_after = fail_after
         self.kept = kept
 
-    def __call__(self, model, x, *, eps, norm, attribution="saliency", method="pgd",
-                 seed=0, restarts=1, **kw):
+    def __call__(self, model, x, *, eps, norm, attribution, method="pgd", seed=0, restarts=1,
+                 **options):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt  # an interruption in the middle of the campaign
@@ -60,7 +59,7 @@ class FakeAttack:
         euc = eps * (1 + noise + x.flatten(1).mean(1))
         x_adv = (x + eps * noise.view(-1, 1, 1, 1)).clamp(0, 1)
         return AttackResult(
-            method=method, objective="euclidean", attribution=str(attribution), norm=norm,
+            method=method, objective="euclidean", attribution=attribution.name, norm=norm,
             eps=eps, x_adv=x_adv, euclidean=euc, cosine=1 - euc / 10,
             topk_intersection=1 - noise / 2, kendall=1 - noise, spearman=1 - noise / 3,
             label_kept=torch.full((b,), self.kept), found=torch.ones(b, dtype=torch.bool),
@@ -71,20 +70,20 @@ class FakeAttack:
 
 
 class FakeBound:
-    """A stand-in for attrbound.bound: U = factor * eps (region: 1.5x taylor's); records the
-    points handed to it."""
+    """A stand-in for attrbound.bound (a BoundFunction): U = factor * eps (region: 1.5x
+    taylor's); records the points handed to it."""
 
     def __init__(self, factor: float = 4.0) -> None:
         self.factor = factor
         self.points: list[torch.Tensor | None] = []
 
-    def __call__(self, model, x, *, eps, norm, attribution="saliency", method="region",
-                 points=None, surrogate_beta=None, seed=0):
+    def __call__(self, model, x, *, eps, norm, attribution, method="region", points=None,
+                 **options):
         self.points.append(points)
         b = x.shape[0]
         e = torch.full((b,), self.factor * eps * (1.5 if method == "region" else 1.0))
         an = torch.ones(b)
-        return BoundResult(method=method, attribution=str(attribution), norm=norm, eps=eps,
+        return BoundResult(method=method, attribution=attribution.name, norm=norm, eps=eps,
                            euclidean=e, cosine=cosine_from_euclidean(e, an), attr_norm=an,
                            operator_norm=e / eps, iterations=torch.zeros(b, dtype=torch.long),
                            converged=torch.ones(b, dtype=torch.bool), seconds=0.001)
@@ -403,16 +402,16 @@ def test_taylor_rows_come_from_the_region_solve(tiny, tmp_path, monkeypatch):
     # same figures as a run of taylor alone (one pass per batch, same seeds)
     kw = dict(n=4, attacks=("random",), samples=2, bound_options={"region": {"random": 2,
               "ascent_steps": 2}})
-    import attrbound.bounds
+    import attrbound.bounds.taylor
 
-    taylor_solve = attrbound.bounds._taylor
+    taylor_solve = attrbound.bounds.taylor.taylor_pass
     calls: list[int] = []
 
     def counted(*args, **kwargs):
         calls.append(1)
         return taylor_solve(*args, **kwargs)
 
-    monkeypatch.setattr(attrbound.bounds, "_taylor", counted)
+    monkeypatch.setattr(attrbound.bounds.taylor, "taylor_pass", counted)
     both = campaign.run_campaign(small_grid(tiny, **kw), tmp_path / "both.jsonl",
                                  progress=False)
     assert not calls  # no separate taylor solve
@@ -454,6 +453,102 @@ def test_relu_model_needs_surrogate(tmp_path):
     rows = campaign.run_campaign(small_grid(path, n=4, surrogate_beta=10.0), tmp_path / "s",
                                  progress=False, bound_fn=FakeBound(), attack_fn=attack)
     assert seen["beta"] == 10.0 and len(rows) == 16
+
+
+class SurrogateAttack:
+    """An attack on the surrogate's map: plain figures 3 eps / cosine 0.2 on A_beta, the real
+    model's raw figures 0.5 eps / cosine 0.95 at the same x_adv."""
+
+    def __call__(self, model, x, *, eps, surrogate_beta=None, **options):
+        res = FakeAttack()(model, x, eps=eps, **options)
+        b = x.shape[0]
+        res.euclidean, res.cosine = torch.full((b,), 3 * eps), torch.full((b,), 0.2)
+        res.surrogate_beta = surrogate_beta
+        raw = {"raw_euclidean": 0.5 * eps, "raw_cosine": 0.95,
+               "map": campaign.map_name(surrogate_beta)}
+
+        class Result:  # the fields the campaign reads, the raw figures in its rows
+            x_adv, points, attr_norm = res.x_adv, res.points, res.attr_norm
+            surrogate_beta = res.surrogate_beta
+
+            @staticmethod
+            def to_rows():
+                return [{**r, **raw} for r in res.to_rows()]
+
+        return Result()
+
+
+def map_bound(model, x, *, eps, norm, attribution, method, surrogate_beta=None, **options):
+    """U = 2 eps, C = 0.5 on the map named by surrogate_beta (None for interval)."""
+    b = x.shape[0]
+    return BoundResult(method=method, attribution=attribution.name, norm=norm, eps=eps,
+                       euclidean=torch.full((b,), 2 * eps), cosine=torch.full((b,), 0.5),
+                       attr_norm=torch.ones(b), operator_norm=torch.full((b,), 2.0),
+                       iterations=torch.zeros(b, dtype=torch.long),
+                       converged=torch.ones(b, dtype=torch.bool), surrogate_beta=surrogate_beta)
+
+
+def test_violations_compare_the_same_map(tmp_path):
+    # with a surrogate, taylor / region (on A_beta) are compared with the attacks' plain
+    # figures on A_beta, interval (on the real map) with their raw figures
+    model = models.mlp((1, 28, 28), 10, hidden=(8,), activation_name="relu")
+    path = models.save(model, tmp_path / "relu.safetensors",
+                       {"arch": "mlp", "input_shape": [1, 28, 28], "hidden": [8],
+                        "activation": "relu", "dataset": "mnist"})
+    grid = small_grid(path, n=4, surrogate_beta=10.0, bounds=("taylor", "region", "interval"))
+    rows = campaign.run_campaign(grid, tmp_path / "r.jsonl", progress=False,
+                                 bound_fn=map_bound, attack_fn=SurrogateAttack())
+    assert len(rows) == 16
+    for r in rows:
+        eps = r["eps"]
+        assert r["map"] == "surrogate(beta=10)"
+        assert {m: b["map"] for m, b in r["bounds"].items()} == {
+            "taylor": "surrogate(beta=10)", "region": "surrogate(beta=10)", "interval": "model"}
+        assert r["best"]["euclidean"]["value"] == pytest.approx(3 * eps)
+        assert r["best"]["raw_euclidean"]["value"] == pytest.approx(0.5 * eps)
+        for m in ("taylor", "region"):  # 3 eps > 2 eps and 0.2 < 0.5 on A_beta
+            assert r["against"][m] == {"euclidean": "euclidean", "cosine": "cosine"}
+            assert r["violated"][m] == {"euclidean": True, "cosine": True}
+            assert r["tightness"][m] == pytest.approx(1.5)
+        # the real map: 0.5 eps < 2 eps and 0.95 > 0.5, although 3 eps on A_beta is larger
+        assert r["against"]["interval"] == {"euclidean": "raw_euclidean", "cosine": "raw_cosine"}
+        assert r["violated"]["interval"] == {"euclidean": False, "cosine": False}
+        assert r["tightness"]["interval"] == pytest.approx(0.25)
+        assert campaign.attack_value(r, "interval") == pytest.approx(0.5 * eps)
+    summary = campaign.summarize(rows)
+    assert all(s["bounds"]["interval"]["violations"] == 0 for s in summary)
+    assert all(s["bounds"]["taylor"]["violations"] == s["n"] for s in summary)
+    assert campaign.bounded_maps(summary) == {
+        "taylor": "surrogate(beta=10)", "region": "surrogate(beta=10)", "interval": "model"}
+    assert "interval model" in campaign.format_summary(summary)
+
+
+def test_compared_figures_without_raw_or_surrogate():
+    attacks = {"pgd": {"euclidean": 3.0, "cosine": 0.2, "label_kept": True, "map": "model"}}
+    bounds = {"taylor": {"euclidean": 2.0, "cosine": 0.5, "map": "model"},
+              "interval": {"euclidean": 2.0, "cosine": 0.5, "map": "model"}}
+    # one map (no surrogate): every bound against the plain figures
+    row = campaign.make_row(index=0, label=0, pred=0, attribution="saliency", norm="2",
+                            eps=0.1, bounds=bounds, attacks=attacks, attr_norm=1.0,
+                            seconds={}, config={}, seed=0)
+    assert row["map"] == "model"
+    assert all(a == {"euclidean": "euclidean", "cosine": "cosine"}
+               for a in row["against"].values())
+    assert row["violated"]["interval"] == {"euclidean": True, "cosine": True}
+    # a surrogate row whose attacks report no raw figures: interval falls back to the plain
+    row = campaign.make_row(index=0, label=0, pred=0, attribution="saliency", norm="2",
+                            eps=0.1, bounds=bounds, attacks=attacks, attr_norm=1.0,
+                            seconds={}, config={}, seed=0, map="surrogate(beta=10)")
+    assert row["against"]["interval"] == {"euclidean": "euclidean", "cosine": "cosine"}
+    assert row["violated"]["interval"] == {"euclidean": True, "cosine": True}
+    # and with raw figures, interval is compared with them, taylor on A_beta with the plain
+    attacks["pgd"].update(raw_euclidean=1.0, raw_cosine=0.9)
+    bounds["taylor"]["map"] = "surrogate(beta=10)"
+    row = campaign.make_row(index=0, label=0, pred=0, attribution="saliency", norm="2",
+                            eps=0.1, bounds=bounds, attacks=attacks, attr_norm=1.0,
+                            seconds={}, config={}, seed=0, map="surrogate(beta=10)")
+    assert row["violated"]["interval"] == {"euclidean": False, "cosine": False}
+    assert row["violated"]["taylor"] == {"euclidean": True, "cosine": True}
 
 
 # ----------------------------------------------------------------------------------------
