@@ -9,7 +9,15 @@ import sys
 
 import pytest
 import torch
-from test_campaign import FakeAttack, FakeBound, _env, random_rows, small_grid
+from test_campaign import (
+    FakeAttack,
+    FakeBound,
+    SurrogateAttack,
+    _env,
+    map_bound,
+    random_rows,
+    small_grid,
+)
 
 from attrbound import campaign, models, report
 from attrbound.attributions import attribution
@@ -114,3 +122,30 @@ def test_report_cli(rows_file, tmp_path):
     assert "report.html" in res.stdout
     refs, _ = referenced_files(tmp_path / "r" / "report.html")
     assert "gallery.png" not in refs and all((tmp_path / "r" / f).is_file() for f in refs)
+
+
+def test_report_names_the_bounded_maps(tmp_path):
+    # a ReLU model with a surrogate: the page says which map each bound bounded, and the
+    # gallery shows the surrogate's maps, the ones the attacks measured
+    torch.manual_seed(0)
+    model = models.mlp((1, 28, 28), 10, hidden=(8,), activation_name="relu")
+    path = models.save(model, tmp_path / "relu.safetensors",
+                       {"arch": "mlp", "input_shape": [1, 28, 28], "hidden": [8],
+                        "activation": "relu", "dataset": "mnist"})
+    grid = small_grid(path, n=4, surrogate_beta=10.0, bounds=("taylor", "region", "interval"))
+    out = tmp_path / "rows.jsonl"
+    campaign.run_campaign(grid, out, progress=False, bound_fn=map_bound,
+                          attack_fn=SurrogateAttack())
+    page = report.write_report(out, tmp_path / "rep", worst=3)
+    refs, text = referenced_files(page)
+    assert "gallery.png" in refs
+    assert "interval: model" in text and "region, taylor: surrogate(beta=10)" in text
+    table = text[text.index("<h2>Summary</h2>"):text.index("<h2>Deviation")]
+    assert table.count("<td>surrogate(beta=10)</td>") == 2 * 4 and table.count(
+        "<td>model</td>") == 4
+    chosen = report.worst_rows(campaign.read_rows(out), 3)
+    x, _, before, _ = report.gallery_tensors(out, chosen)
+    smooth = models.smooth_surrogate(models.load(path), 10.0)
+    for i, r in enumerate(chosen):
+        a0 = attribution(r["attribution"], smooth)(x[i][None], target=r["pred"])[0]
+        torch.testing.assert_close(before[i], a0)
