@@ -1,6 +1,13 @@
 """`attrbound attack`: attribution attacks (lower bounds on the worst case), one JSON line per
 (input, method, eps), and a summary table.
 
+The attacks run as the campaign's units (:func:`attrbound.campaign.evaluate_unit`) of a grid
+with one attribution and norm and no bounds; each line is a campaign row split per method
+(:func:`attrbound.campaign.method_rows`): the input's fields (``index``, ``label``, ``pred``,
+``attribution``, ``norm``, ``eps``, ``map``, ``seed``, ``config``), ``method`` and the
+attack's figures (``euclidean``, ``cosine``, ``raw_euclidean``, ``raw_cosine``,
+``topk_intersection``, ``kendall``, ``spearman``, ``label_kept``, ``found``, ``runs``, ...).
+
 Example::
 
     attrbound attack --model runs/models/mnist-cnn-softplus.safetensors --dataset mnist \\
@@ -11,22 +18,22 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from typing import Any
 
 from attrbound.attacks import DEFAULT_SAMPLES, DEFAULT_STEPS, METHODS, OBJECTIVES
 from attrbound.attributions import NAMES
+from attrbound.campaign import Grid
 from attrbound.cli.common import (
     add_model_data,
+    evaluate_methods,
     float_list,
-    input_fields,
-    load_model_data,
+    grid_fields,
+    json_object,
     name_list,
-    predicted_classes,
     write_jsonl,
 )
-from attrbound.errors import AttrboundError, check_choice
+from attrbound.errors import AttrboundError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None,
                    help="top-k size (default 100 for 28x28 inputs)")
     p.add_argument("--surrogate-beta", type=float, default=None,
-                   help="softplus surrogate beta for gradients of ReLU / max-pool models")
+                   help="attack the softplus surrogate (this beta) of a ReLU / max-pool model; "
+                   "raw_euclidean / raw_cosine are the model's own")
     p.add_argument("--seed", type=int, default=0,
                    help="seed; the batch starting at input i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per call (default 64)")
@@ -60,20 +68,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _options(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        opts = json.loads(text)
-    except json.JSONDecodeError:
-        raise AttrboundError(f"--attribution-options is not valid JSON: {text!r}.") from None
-    if not isinstance(opts, dict):
-        raise AttrboundError("--attribution-options must be a JSON object, e.g. '{\"steps\": 16}'.")
-    return opts
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    """The one-attribution, one-norm grid of attacks (no bounds) the options describe."""
+    if not args.eps:
+        raise AttrboundError("--eps needs at least one radius.")
+    opts = json_object(args.attribution_options, "--attribution-options") or {}
+    return Grid(
+        **grid_fields(args), attributions=(args.attribution,),
+        attribution_options={args.attribution: opts}, norms=(args.norm,),
+        eps=tuple(args.eps), bounds=(), attacks=tuple(args.method), steps=args.steps,
+        step_size=args.step_size, restarts=args.restarts, samples=args.samples, k=args.k,
+        objective=args.objective, surrogate_beta=args.surrogate_beta, seed=args.seed,
+        batch_size=args.batch_size, save_adv=False,
+    )
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
-    vals = [r[key] for r in rows if r[key] is not None]
+    vals = [r[key] for r in rows if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else math.nan
 
 
@@ -86,11 +97,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault((r["method"], r["eps"]), []).append(r)
     for (method, eps), grp in groups.items():
-        secs = sum(r["seconds"] for r in grp)
+        secs = sum(r["seconds"] or 0.0 for r in grp)
         runs = sum(r["runs"] for r in grp)
+        top = max((r["euclidean"] for r in grp if r["euclidean"] is not None), default=math.nan)
         lines.append(
             f"{method:<12}{eps:>8.4g}{len(grp):>6}{_mean(grp, 'found'):>7.2f}"
-            f"{_mean(grp, 'euclidean'):>11.4g}{max(r['euclidean'] for r in grp):>11.4g}"
+            f"{_mean(grp, 'euclidean'):>11.4g}{top:>11.4g}"
             f"{_mean(grp, 'cosine'):>8.4f}{_mean(grp, 'topk_intersection'):>7.3f}"
             f"{_mean(grp, 'kendall'):>8.3f}{_mean(grp, 'spearman'):>7.3f}"
             f"{runs / secs if secs > 0 else math.inf:>9.1f}"
@@ -99,39 +111,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from attrbound.attacks import attack
-
-    for m in args.method:
-        check_choice("attack method", m, METHODS)
-    if args.batch_size < 1:
-        raise AttrboundError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    if not args.eps:
-        raise AttrboundError("--eps needs at least one radius.")
-    opts = _options(args.attribution_options)
-    model, images, labels, config = load_model_data(args)
-    preds = predicted_classes(model, images)
-    starts = list(range(0, len(images), args.batch_size))
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(args.method) * len(args.eps) * len(starts), unit="batch",
-               desc="attack", disable=args.no_progress)
-    for method in args.method:
-        for eps in args.eps:
-            for lo in starts:
-                xs = images[lo : lo + args.batch_size]
-                res = attack(
-                    model, xs, eps=eps, norm=args.norm, attribution=args.attribution,
-                    attribution_options=opts, method=method, objective=args.objective,
-                    steps=args.steps, step_size=args.step_size, restarts=args.restarts,
-                    k=args.k, n=args.samples, seed=args.seed + lo,
-                    surrogate_beta=args.surrogate_beta,
-                )
-                for i, row in enumerate(res.to_rows()):
-                    row.update(input_fields(args, config, labels, preds, lo + i, args.seed + lo))
-                    rows.append(row)
-                bar.update(1)
-    bar.close()
+    rows = evaluate_methods(grid_from_args(args), "attacks", progress=not args.no_progress,
+                            desc="attack")
     print(summary(rows))
     if args.out:
         path = write_jsonl(args.out, rows)

@@ -1,6 +1,12 @@
 """`attrbound bound`: upper bounds on the worst-case attribution deviation, one JSON line per
 (input, method, eps), and a summary table (mean / median / min / max per figure).
 
+The bounds run as the campaign's units (:func:`attrbound.campaign.evaluate_unit`) of a grid
+with one attribution and norm and no attacks; each line is a campaign row split per method
+(:func:`attrbound.campaign.method_rows`): the input's fields (``index``, ``label``, ``pred``,
+``attribution``, ``norm``, ``eps``, ``map``, ``seed``, ``config``), ``method`` and the
+bound's figures (``euclidean``, ``cosine``, ``operator_norm``, ...).
+
 Example::
 
     attrbound bound --model runs/models/mnist-cnn-softplus.safetensors --dataset mnist \\
@@ -11,22 +17,26 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from typing import Any
 
 from attrbound.attributions import NAMES
 from attrbound.bounds import METHODS
+from attrbound.campaign import Grid
 from attrbound.cli.common import (
     add_model_data,
+    evaluate_methods,
     float_list,
-    input_fields,
-    load_model_data,
+    grid_fields,
+    json_object,
     name_list,
-    predicted_classes,
     write_jsonl,
 )
-from attrbound.errors import AttrboundError, check_choice
+from attrbound.errors import AttrboundError
+
+#: flag dest -> the bound methods it is an option of
+_SOLVER_FLAGS = {"tol": ("taylor", "region"), "max_iter": ("taylor", "region"),
+                 "random": ("region",), "ascent_steps": ("region",), "restarts": ("region",)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated bound methods among {','.join(METHODS)} "
                    "(default region)")
     p.add_argument("--surrogate-beta", type=float, default=None,
-                   help="bound the softplus surrogate (this beta) of a ReLU / max-pool model")
+                   help="taylor / region: bound the softplus surrogate (this beta) of a ReLU / "
+                   "max-pool model (interval bounds the model itself)")
     p.add_argument("--tol", type=float, default=None,
                    help="relative residual tolerance of the eigen-solves "
                    "(default 1e-4 in float32)")
@@ -65,16 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _attribution_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if args.attribution_options:
-        try:
-            opts = json.loads(args.attribution_options)
-        except json.JSONDecodeError:
-            raise AttrboundError(
-                f"--attribution-options is not valid JSON: {args.attribution_options!r}."
-            ) from None
-        if not isinstance(opts, dict):
-            raise AttrboundError("--attribution-options must be a JSON object.")
+    opts = json_object(args.attribution_options, "--attribution-options") or {}
     if args.steps is not None:
         if args.attribution != "integrated_gradients":
             raise AttrboundError("--steps applies to --attribution integrated_gradients only.")
@@ -82,17 +84,28 @@ def _attribution_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _solver_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if method == "interval":
-        return opts
-    for name in ("tol", "max_iter"):
-        if getattr(args, name) is not None:
-            opts[name] = getattr(args, name)
-    region = {k: getattr(args, k) for k in ("random", "ascent_steps", "restarts")}
-    if method == "region":
-        opts.update({k: v for k, v in region.items() if v is not None})
+def _bound_options(args: argparse.Namespace, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per bound method, the solver options given on the command line."""
+    opts: dict[str, dict[str, Any]] = {}
+    for dest, applies in _SOLVER_FLAGS.items():
+        value = getattr(args, dest)
+        for m in applies:
+            if value is not None and m in methods:
+                opts.setdefault(m, {})[dest] = value
     return opts
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    """The one-attribution, one-norm grid of bounds (no attacks) the options describe."""
+    if not args.eps:
+        raise AttrboundError("--eps needs at least one radius.")
+    return Grid(
+        **grid_fields(args), attributions=(args.attribution,),
+        attribution_options={args.attribution: _attribution_options(args)},
+        norms=(args.norm,), eps=tuple(args.eps), bounds=tuple(args.method), attacks=(),
+        bound_options=_bound_options(args, args.method), surrogate_beta=args.surrogate_beta,
+        seed=args.seed, batch_size=args.batch_size, save_adv=False,
+    )
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -118,43 +131,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from attrbound.bounds import bound
-
-    for m in args.method:
-        check_choice("bound method", m, METHODS)
-    if args.batch_size < 1:
-        raise AttrboundError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    if not args.eps:
-        raise AttrboundError("--eps needs at least one radius.")
-    attr_opts = _attribution_options(args)
-    model, images, labels, config = load_model_data(args)
-    preds = predicted_classes(model, images)
-    starts = list(range(0, len(images), args.batch_size))
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(args.method) * len(args.eps) * len(starts), unit="batch",
-               desc="bound", disable=args.no_progress)
-    for method in args.method:
-        opts = _solver_options(args, method)
-        if method != "interval":
-            opts["seed"] = args.seed
-        for eps in args.eps:
-            for lo in starts:
-                xs = images[lo : lo + args.batch_size]
-                if "seed" in opts:
-                    opts["seed"] = args.seed + lo
-                res = bound(
-                    model, xs, eps=eps, norm=args.norm, attribution=args.attribution,
-                    attribution_options=attr_opts, method=method,
-                    surrogate_beta=args.surrogate_beta, **opts,
-                )
-                for i, row in enumerate(res.to_rows()):
-                    row.update(input_fields(args, config, labels, preds, lo + i, opts.get("seed")))
-                    row["attribution_options"] = attr_opts
-                    rows.append(row)
-                bar.update(1)
-    bar.close()
+    rows = evaluate_methods(grid_from_args(args), "bounds", progress=not args.no_progress,
+                            desc="bound")
     print(summary(rows))
     if args.out:
         path = write_jsonl(args.out, rows)

@@ -1,4 +1,4 @@
-"""Argument helpers shared by the sub-commands."""
+"""Argument helpers shared by the sub-commands, and the per-method rows of bound / attack."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor, nn
+
+from attrbound import data, models
+from attrbound.campaign import Grid, method_rows, plan_units, prepare, run_units
 from attrbound.errors import AttrboundError
 
 
@@ -25,10 +29,8 @@ def add_model_data(p: argparse.ArgumentParser, *, n: int = 100) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
-def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+def load_model_data(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
     """(model, images [n,...], labels [n], config) from --model/--dataset/--root/--n/--start."""
-    from attrbound import data, models
-
     model = models.load(args.model, device=args.device)
     config = model.config
     name = args.dataset or config.get("dataset")
@@ -43,28 +45,36 @@ def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, 
     return model, images[sl].to(args.device), labels[sl].to(args.device), config
 
 
-def predicted_classes(model: Any, images: Any, chunk: int = 256) -> Any:
-    """argmax_c f(x)_c for every image [N, ...] -> int64 [N], in chunks of ``chunk``."""
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([model(images[i : i + chunk]).argmax(1)
-                          for i in range(0, len(images), chunk)])
+def grid_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~attrbound.campaign.Grid` fields set by :func:`add_model_data`'s options."""
+    return {"model": args.model, "dataset": args.dataset, "root": args.root,
+            "split": args.split, "n": args.n, "start": args.start, "device": args.device}
 
 
-def input_fields(args: argparse.Namespace, config: dict[str, Any], labels: Any, preds: Any,
-                 index: int, seed: int | None) -> dict[str, Any]:
-    """The per-input fields of a bound / attack row: the input at position ``index`` of the
-    selection made by --start/--n, its label and predicted class, model, dataset, split, seed."""
-    return {
-        "index": args.start + index,
-        "label": int(labels[index]),
-        "pred": int(preds[index]),
-        "model": str(args.model),
-        "dataset": args.dataset or config.get("dataset"),
-        "split": args.split,
-        "seed": seed,
-    }
+def evaluate_methods(grid: Grid, kind: str, *, progress: bool, desc: str) -> list[dict[str, Any]]:
+    """Evaluate ``grid`` unit by unit as the campaign does and return its rows split per
+    method (:func:`attrbound.campaign.method_rows`; ``kind`` "bounds" or "attacks"), ordered
+    by method, eps and input. A method that fails raises its AttrboundError."""
+    context = prepare(grid, raise_errors=True)
+    units = plan_units(grid, len(context.images))
+    rows = [flat for result in run_units(context, units, progress=progress, desc=desc)
+            for row in result.rows for flat in method_rows(row, kind)]
+    methods = list(grid.bounds if kind == "bounds" else grid.attacks)
+    rows.sort(key=lambda r: (methods.index(r["method"]), grid.eps.index(r["eps"]), r["index"]))
+    return rows
+
+
+def json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    """The JSON object given to ``option`` (None when not given)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise AttrboundError(f"{option} is not valid JSON: {text!r}.") from None
+    if not isinstance(value, dict):
+        raise AttrboundError(f"{option} must be a JSON object.")
+    return value
 
 
 def float_list(text: str) -> list[float]:

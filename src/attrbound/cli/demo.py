@@ -1,11 +1,11 @@
 """`attrbound demo`: the end-to-end run behind `make demo`, on bundled data only.
 
-1. reuse (or train, about 30 s) the default softplus CNN on the bundled MNIST subset;
+1. reuse (or train) the default softplus CNN on the bundled MNIST subset;
 2. save attribution heatmaps of a few test images;
 3. a small validation campaign (``attrbound evaluate``): ``--n`` test inputs (default 100),
    saliency and integrated gradients (4 steps), l2 and l-inf, eps 0.05, 0.1, 0.2, the taylor
    and region bounds against pgd, ifia_topk and random attacks, with budgets cut down so
-   that the whole demo takes a few minutes on 2 CPU cores (see :data:`DEMO_GRID`);
+   that the demo runs on a laptop's CPU (see :data:`DEMO_GRID`; its time is in the README);
 4. the summary table, and the HTML report (``attrbound report``).
 
 Rerunning reuses the model and resumes (or reuses) the rows file; rows of another model or
@@ -18,7 +18,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from attrbound.training import DEFAULT_MODEL
+from attrbound import data
+from attrbound.campaign import ConfigMismatch, Grid, format_summary, run_campaign, summarize
+from attrbound.report import explain_grid, write_report
+from attrbound.training import DEFAULT_MODEL, default_model
 
 #: the demo's campaign: the grid of the README's evaluate example at demo budgets
 DEMO_GRID: dict[str, Any] = {
@@ -48,12 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attrbound import data
-    from attrbound.campaign import ConfigMismatch, Grid, format_summary, run_campaign, summarize
-    from attrbound.plots import explain_grid
-    from attrbound.report import write_report
-    from attrbound.training import default_model
-
     out = Path(args.out)
     model, path = default_model(args.model, progress=not args.no_progress)
     cfg = model.config

@@ -33,10 +33,10 @@ a different configuration is refused (use another --out, or --overwrite to disca
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from attrbound.cli.common import float_list, name_list
+from attrbound.campaign import Grid, format_summary, load_toml, run_campaign, summarize
+from attrbound.cli.common import float_list, json_object, name_list
 from attrbound.errors import AttrboundError
 
 #: command-line destination -> Grid field
@@ -44,7 +44,8 @@ _FIELDS = {
     "model": "model", "dataset": "dataset", "root": "root", "split": "split", "n": "n",
     "start": "start", "attribution": "attributions", "attribution_options":
     "attribution_options", "norm": "norms", "eps": "eps", "bound": "bounds",
-    "attack": "attacks", "steps": "steps", "restarts": "restarts", "samples": "samples",
+    "attack": "attacks", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
+    "samples": "samples",
     "k": "k", "objective": "objective", "bound_options": "bound_options",
     "surrogate_beta": "surrogate_beta", "seed": "seed", "batch_size": "batch_size",
     "device": "device",
@@ -81,6 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attacks among pgd,ifia_topk,ifia_center,random or none "
                         "(default pgd,ifia_topk,random)")
     p.add_argument("--steps", type=int, default=None, help="attack steps (default 20)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="attack step size (default 2.5 eps / steps)")
     p.add_argument("--restarts", type=int, default=None, help="attack restarts (default 1)")
     p.add_argument("--samples", type=int, default=None,
                    help="samples of the random attack (default 200)")
@@ -104,30 +107,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise AttrboundError(f"{option} is not valid JSON: {text!r}.") from None
-    if not isinstance(value, dict):
-        raise AttrboundError(f"{option} must be a JSON object.")
-    return value
-
-
-def grid_from_args(args: argparse.Namespace) -> tuple[Any, str]:
+def grid_from_args(args: argparse.Namespace) -> tuple[Grid, str]:
     """(Grid, out path) from the TOML file (if any) overridden by the given options."""
-    from attrbound.campaign import Grid, load_toml
-
     values: dict[str, Any] = dict(load_toml(args.config)) if args.config else {}
     out = values.pop("out", None)
     if "no_adv" in values or "no-adv" in values:
         values["save_adv"] = not values.pop("no_adv", values.pop("no-adv", False))
     given = dict(vars(args))
-    given["attribution_options"] = _json_object(args.attribution_options,
+    given["attribution_options"] = json_object(args.attribution_options,
                                                 "--attribution-options")
-    given["bound_options"] = _json_object(args.bound_options, "--bound-options")
+    given["bound_options"] = json_object(args.bound_options, "--bound-options")
     for dest, name in _FIELDS.items():
         if given.get(dest) is not None:
             values.pop(dest, None)
@@ -144,8 +133,6 @@ def grid_from_args(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attrbound.campaign import format_summary, run_campaign, summarize
-
     grid, out = grid_from_args(args)
     rows = run_campaign(grid, out, progress=not args.no_progress, overwrite=args.overwrite)
     print(format_summary(summarize(rows)))

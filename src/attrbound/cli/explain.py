@@ -6,6 +6,7 @@ import argparse
 
 from attrbound.attributions import NAMES
 from attrbound.cli.common import add_model_data, load_model_data, name_list
+from attrbound.report import explain_grid
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,8 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attrbound.plots import explain_grid
-
     model, images, labels, _ = load_model_data(args)
     path = explain_grid(model, images, labels, args.out, methods=args.methods)
     print(f"wrote {path} ({len(images)} inputs x {len(args.methods)} methods)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from attrbound.report import write_report
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("rows", help="JSON-lines rows file written by attrbound evaluate")
@@ -19,8 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attrbound.report import write_report
-
     page = write_report(args.rows, args.out, worst=args.worst)
     print(f"report: {page}")
     return 0

@@ -1,6 +1,6 @@
 """`attrbound train`: train a zoo model (natural or robust objective), save a safetensors file.
 
-Modes (``--mode``; objectives and their sources in :mod:`attrbound.objectives`):
+Modes (``--mode``; objectives and their sources in :mod:`attrbound.training.objectives`):
 natural, pgd_at (Madry et al. 2018), trades (Zhang et al. 2019), ig_norm (Chen et al. 2019),
 grad_norm (double backprop, Ross & Doshi-Velez 2018), curvature (CURE, Moosavi-Dezfooli et
 al. 2019). Mode options left unset take the mode's defaults; one the mode does not use is an
@@ -14,7 +14,8 @@ import shlex
 import sys
 
 from attrbound import models
-from attrbound.objectives import MODES
+from attrbound.training import train_and_save
+from attrbound.training.objectives import MODES
 
 #: CLI flag dest -> objective option name
 MODE_OPTIONS = {
@@ -67,8 +68,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attrbound.training import train_and_save
-
     command = "attrbound " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     options = {opt: getattr(args, dest) for dest, opt in MODE_OPTIONS.items()
                if getattr(args, dest, None) is not None}
