@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from helpers.references import central_difference, smoothgrad_by_loop
 
 from attrbound import models
 from attrbound.attributions import attribution, integration_nodes
@@ -94,7 +95,7 @@ def test_smoothgrad_is_the_mean_saliency_over_its_fixed_noise(batch):
     assert torch.equal(a1, a2)
     sal = attribution("saliency", model)
     xi = sg.noise(tuple(x.shape[1:]))
-    ref = torch.stack([sal(x + 0.2 * xi[k], t) for k in range(5)]).mean(0)
+    ref = smoothgrad_by_loop(lambda z: sal(z, t), x, xi, 0.2)
     assert torch.allclose(a1, ref, rtol=1e-10, atol=1e-14)
     other = attribution("smoothgrad", model, n=5, sigma=0.2, seed=4)(x, t)
     assert not torch.allclose(a1, other)
@@ -116,8 +117,7 @@ def test_jvp_matches_central_finite_difference(name, opts, batch):
     a = attribution(name, model, **opts)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
     _, jv = torch.func.jvp(lambda z: a.attribute(z, t), (x,), (v,))
-    h = 1e-5
-    fd = (a.attribute(x + h * v, t) - a.attribute(x - h * v, t)) / (2 * h)
+    fd = central_difference(lambda z: a.attribute(z, t), x, v, h=1e-5)
     rel = (jv - fd).abs().max() / fd.abs().max()
     assert rel < 1e-6, f"{name}: JVP vs finite difference relative error {rel:.2e}"
 

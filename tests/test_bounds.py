@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import resource
 
 import pytest
 import torch
+from helpers.references import (
+    autograd_saliency,
+    coordinate_gradient,
+    full_jacobian,
+    inf_to_two_enumerated,
+    plain_pgd,
+    top_singular_value,
+    vertex_max_deviation,
+)
 from torch import nn
 
 import attrbound
@@ -29,7 +37,7 @@ from attrbound.geometry import batch_norm
 from attrbound.linalg import bilinear_gradient
 
 # ----------------------------------------------------------------------------------------
-# small smooth float64 models and their full Jacobians (the independent reference)
+# small smooth float64 models (full Jacobians and the other references: helpers.references)
 # ----------------------------------------------------------------------------------------
 
 
@@ -49,27 +57,6 @@ def _inputs(shape: tuple[int, ...], b: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.rand((b,) + shape, generator=g, dtype=torch.float64)
 
 
-def _full_jacobian(model, name, x, **opts) -> torch.Tensor:
-    """J_b = dA/dx at each x_b, [B, n, n], by torch.autograd.functional.jacobian."""
-    a = attribution(name, model, **opts)
-    target = model(x).argmax(dim=1)
-    n = x[0].numel()
-    mats = []
-    for i in range(x.shape[0]):
-
-        def one(z: torch.Tensor, i: int = i) -> torch.Tensor:
-            return a.attribute(z.reshape((1,) + x.shape[1:]), target[i : i + 1]).reshape(n)
-
-        mats.append(torch.autograd.functional.jacobian(one, x[i].reshape(n)))
-    return torch.stack(mats)
-
-
-def _exact_inf_to_two(j: torch.Tensor) -> torch.Tensor:
-    n = j.shape[-1]
-    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=n)), dtype=j.dtype)
-    return torch.einsum("bij,kj->bki", j, signs).norm(dim=2).amax(dim=1)
-
-
 ATTRS = [
     ("saliency", {}),
     ("input_x_gradient", {}),
@@ -86,8 +73,8 @@ def test_taylor_l2_is_eps_times_top_singular_value(kind, name, opts):
     eps = 0.05
     res = bound(model, x, eps=eps, norm="l2", attribution=name, attribution_options=opts,
                 method="taylor")
-    j = _full_jacobian(model, name, x, **opts)
-    sigma = torch.linalg.svdvals(j)[:, 0]
+    j = full_jacobian(model, name, x, **opts)
+    sigma = top_singular_value(j)
     assert torch.allclose(res.operator_norm, sigma, rtol=1e-4, atol=0)
     assert torch.allclose(res.euclidean, eps * sigma, rtol=1e-4, atol=0)
     assert res.converged.all()
@@ -105,9 +92,9 @@ def test_taylor_linf_brackets_the_enumerated_maximum(name, opts):
     eps = 0.02
     res = bound(model, x, eps=eps, norm=float("inf"), attribution=name,
                 attribution_options=opts, method="taylor")
-    j = _full_jacobian(model, name, x, **opts)
-    exact = _exact_inf_to_two(j)  # max over the 2^12 vertices of the cube of ||J s||_2
-    sigma = torch.linalg.svdvals(j)[:, 0]
+    j = full_jacobian(model, name, x, **opts)
+    exact = inf_to_two_enumerated(j)  # max over the 2^12 vertices of the cube of ||J s||_2
+    sigma = top_singular_value(j)
     assert (res.operator_norm >= exact * (1 - 1e-9)).all()
     assert (res.operator_norm <= math.sqrt(d) * sigma * (1 + 1e-5)).all()
     assert (res.lower <= exact * (1 + 1e-9)).all()
@@ -146,12 +133,12 @@ def test_bilinear_gradient_against_finite_differences(name, opts):
     u, w = (torch.randn(2, 6, generator=g, dtype=torch.float64) for _ in range(2))
 
     def phi(z: torch.Tensor) -> torch.Tensor:  # [B] by the full Jacobian
-        j = _full_jacobian(model, name, z, **opts)
+        j = full_jacobian(model, name, z, **opts)
         return torch.einsum("bi,bij,bj->b", u, j, w)
 
     h = 1e-5
-    fd = torch.stack([(phi(x + h * e) - phi(x - h * e)) / (2 * h) for e in torch.eye(6)], dim=1)
-    j = _full_jacobian(model, name, x, **opts)
+    fd = coordinate_gradient(phi, x, h)
+    j = full_jacobian(model, name, x, **opts)
     for transpose in (False, True):
         grad, aux = bilinear_gradient(a, x, target, u, w, transpose=transpose)
         assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-8), transpose
@@ -240,48 +227,6 @@ class Cubic(nn.Module):
         return torch.stack([f, torch.full_like(f, -1e6)], dim=1)
 
 
-def _pgd(model, x, eps, norm, steps=40):
-    """A plain PGD on ||A(x + delta) - A(x)||_2 (saliency), written independently of attrbound:
-    autograd with create_graph for the second derivative, no domain (the ball only)."""
-
-    def saliency(z):
-        z = z.requires_grad_(True)
-        return torch.autograd.grad(model(z)[:, 0].sum(), z, create_graph=True)[0]
-
-    a0 = saliency(x.clone()).detach()
-    g = torch.Generator().manual_seed(0)
-    delta = (torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1) * eps * 0.1
-    alpha = 2.5 * eps / steps
-    best = torch.zeros(x.shape[0], dtype=x.dtype)
-    for _ in range(steps):
-        delta = delta.detach().requires_grad_(True)
-        dev = (saliency(x + delta) - a0).norm(dim=1)
-        best = torch.maximum(best, dev.detach())
-        (grad,) = torch.autograd.grad(dev.sum(), delta)
-        if norm == "inf":
-            delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
-        else:
-            delta = delta + alpha * grad / grad.norm(dim=1, keepdim=True)
-            delta = delta * (eps / delta.norm(dim=1, keepdim=True)).clamp(max=1)
-    return torch.maximum(best, (saliency(x + delta.detach()) - a0).norm(dim=1).detach())
-
-
-def _vertices(model, x, eps):
-    """Brute force: max over the 2^d vertices x + eps s of the cube of ||A(x + eps s) - A(x)||."""
-    d = x.shape[1]
-    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=d)), dtype=x.dtype)
-
-    def saliency(z):
-        z = z.clone().requires_grad_(True)
-        return torch.autograd.grad(model(z)[:, 0].sum(), z)[0]
-
-    best = []
-    for i in range(x.shape[0]):
-        a0 = saliency(x[i : i + 1])
-        best.append((saliency(x[i] + eps * signs) - a0).norm(dim=1).max())
-    return torch.stack(best)
-
-
 @pytest.mark.parametrize("norm", ["2", "inf"])
 def test_region_catches_what_taylor_misses(norm):
     d = 8
@@ -293,9 +238,10 @@ def test_region_catches_what_taylor_misses(norm):
     kw = dict(eps=eps, norm=norm, domain=None, seed=1)
     taylor = bound(model, x, method="taylor", **kw)
     region = bound(model, x, method="region", **kw)
-    attack = _pgd(model, x, eps, norm)
+    attack = plain_pgd(autograd_saliency(model, 0), x, eps, norm, steps=40)
     if norm == "inf":  # PGD stalls at local maxima here; add the 2^8 vertices of the cube
-        attack = torch.maximum(attack, _vertices(model, x, eps))
+        saliency = autograd_saliency(model, 0, create_graph=False)
+        attack = torch.maximum(attack, vertex_max_deviation(saliency, x, eps))
     assert (attack > 1.2 * taylor.euclidean).all(), (attack, taylor.euclidean)  # taylor fails
     assert (attack <= region.euclidean * (1 + 1e-9)).all(), (attack, region.euclidean)
     # closed form of the sup of ||J(z)||_{p->2} = ||2 c z|| over the ball
@@ -349,12 +295,12 @@ def test_coarse_ascent_scores_with_the_full_map(norm):
     w = w / w.norm(dim=1, keepdim=True) if norm == "2" else torch.sign(w)
     opts = {**SOLVER_OPTIONS, **REGION_OPTIONS, "coarse_ig_steps": 1}
     score, z = _ascend(a, x, target, x.clone(), w, eps, norm, (0.0, 1.0), opts)
-    full = _full_jacobian(model, "integrated_gradients", z, steps=16)
-    coarse = _full_jacobian(model, "integrated_gradients", z, steps=1)
+    full = full_jacobian(model, "integrated_gradients", z, steps=16)
+    coarse = full_jacobian(model, "integrated_gradients", z, steps=1)
     if norm == "2":
-        exact, rough = torch.linalg.matrix_norm(full, 2), torch.linalg.matrix_norm(coarse, 2)
+        exact, rough = top_singular_value(full), top_singular_value(coarse)
     else:
-        exact, rough = _exact_inf_to_two(full), _exact_inf_to_two(coarse)
+        exact, rough = inf_to_two_enumerated(full), inf_to_two_enumerated(coarse)
     assert (rough > 1.05 * exact).all()  # the coarse map's norm is the larger one
     assert (score <= exact * (1 + 1e-9)).all(), (score, exact)
     assert (score >= 0.5 * exact).all()  # and it is a real score, not a placeholder
@@ -445,17 +391,8 @@ def test_attribution_object_and_target():
     res_name = bound(model, x, eps=0.1, norm=2, attribution="integrated_gradients",
                      attribution_options={"steps": 4}, method="taylor", target=1)
     assert torch.allclose(res_obj.operator_norm, res_name.operator_norm, rtol=1e-6)
-    j = _full_jacobian_for_target(model, x, 1)
-    assert torch.allclose(res_obj.operator_norm, torch.linalg.svdvals(j)[:, 0], rtol=1e-4)
-
-
-def _full_jacobian_for_target(model, x, target):
-    a = attribution("integrated_gradients", model, steps=4)
-    t = torch.tensor([target])
-    return torch.stack([
-        torch.autograd.functional.jacobian(lambda z: a.attribute(z[None], t)[0], x[i])
-        for i in range(x.shape[0])
-    ])
+    j = full_jacobian(model, "integrated_gradients", x, target=1, steps=4)
+    assert torch.allclose(res_obj.operator_norm, top_singular_value(j), rtol=1e-4)
 
 
 def test_rows_are_plain_json():

@@ -2,9 +2,10 @@
 
 References: the attributions themselves (attrbound.attributions, a float64 model, and the
 float32 model for float32 soundness) at thousands of points of the perturbation set (uniform
-samples, vertices, l2-sphere points, iterates of a PGD written here), closed forms for linear and
-one-neuron models, and the attacks of attrbound.attacks. Soundness is checked with NO tolerance:
-every attribution value must lie inside its interval, every deviation below the bound.
+samples, vertices, l2-sphere points, iterates of a directional ascent; the points drawn by
+tests/helpers/references.py, not by attrbound), closed forms for linear and one-neuron
+models, and the attacks of attrbound.attacks. Soundness is checked with NO tolerance: every
+attribution value must lie inside its interval, every deviation below the bound.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 
 import pytest
 import torch
+from helpers.references import directional_ascent_points, maps_at, set_points
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -21,7 +23,6 @@ from torch import nn
 from attrbound import attributions, interval
 from attrbound.attributions import IntegratedGradients, SmoothGrad, attribution
 from attrbound.errors import AttrboundError
-from attrbound.geometry import project, sample_ball
 from attrbound.interval import attribution_intervals, interval_bound
 from attrbound.interval.rounding import units_for as _units_for
 from attrbound.results import cosine_from_euclidean
@@ -81,47 +82,6 @@ def _inputs(seed: int, b: int = 2, channels: int = 2, dtype=torch.float64) -> to
     return torch.where(edge, x.round(), x).to(dtype)
 
 
-def _set_points(x: torch.Tensor, eps: float, norm: str, n: int, seed: int) -> torch.Tensor:
-    """Points of the perturbation set [P, B, *S]: uniform samples, plus vertices (l-inf) or
-    sphere points (l2), all clipped to [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    uniform = sample_ball(x, eps, norm, n, generator=g)
-    signs = torch.randint(0, 2, (n,) + tuple(x.shape), generator=g).to(x.dtype) * 2 - 1
-    if norm == "inf":
-        edge = (x.unsqueeze(0) + eps * signs).clamp(0, 1)
-    else:
-        d = torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64).to(x.dtype)
-        d = d / d.flatten(2).norm(dim=2).reshape(n, x.shape[0], *([1] * (x.dim() - 1)))
-        edge = (x.unsqueeze(0) + eps * d).clamp(0, 1)
-    return torch.cat([uniform, edge, x.unsqueeze(0)])
-
-
-def _maps(attr, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p, b = z.shape[:2]
-    out = attr.attribute(z.reshape((p * b,) + z.shape[2:]), target.repeat(p))
-    return out.reshape(z.shape)
-
-
-def _pgd_points(attr, x, target, eps, norm, steps: int = 4, seed: int = 0) -> torch.Tensor:
-    """Iterates of projected ascent on c . A(z) for random directions c (written here, not
-    attrbound.attacks): points where single features move most. [steps * 2, B, *S]."""
-    g = torch.Generator().manual_seed(seed)
-    pts = []
-    for _ in range(2):
-        c = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
-        z = sample_ball(x, eps, norm, 1, generator=g)[0]
-        for _ in range(steps):
-            grad = torch.func.grad(lambda u, c=c: (c * attr.attribute(u, target)).sum())(z)
-            if norm == "inf":
-                step = grad.sign()
-            else:
-                n = grad.flatten(1).norm(dim=1).clamp_min(1e-30)
-                step = grad / n.reshape(-1, *([1] * (x.dim() - 1)))
-            z = x + project(z - x + 0.4 * eps * step, x, eps, norm)
-            pts.append(z.detach())
-    return torch.stack(pts)
-
-
 def _check_sound(model, x, eps, norm, name, tightening, seed, opts=None, n=200):
     """Intervals contain A(z), the bounds hold, at samples, vertices and PGD iterates."""
     opts = opts or {}
@@ -131,10 +91,10 @@ def _check_sound(model, x, eps, norm, name, tightening, seed, opts=None, n=200):
     attr = attribution(name, model, **opts)
     target = attributions.predict(model, x)
     a = attr.attribute(x, target)
-    z = torch.cat([_set_points(x, eps, norm, n, seed),
-                   _pgd_points(attr, x, target, eps, norm, seed=seed)])
+    z = torch.cat([set_points(x, eps, norm, n, seed),
+                   directional_ascent_points(attr, x, target, eps, norm, seed=seed)])
     with torch.no_grad():
-        maps = _maps(attr, z, target)
+        maps = maps_at(attr, z, target)
     below, above = maps < lo, maps > hi
     assert not below.any() and not above.any(), (
         f"{int(below.sum() + above.sum())} values outside their intervals "
@@ -215,8 +175,8 @@ def test_sound_in_float32(act):
             assert lo.dtype == torch.float32 and res.euclidean.dtype == torch.float32
             attr = attribution(name, model, **opts)
             t = attributions.predict(model, x)
-            z = _set_points(x, eps, norm, 300, seed=5)
-            maps = _maps(attr, z, t)
+            z = set_points(x, eps, norm, 300, seed=5)
+            maps = maps_at(attr, z, t)
             assert ((maps >= lo) & (maps <= hi)).all()
             a = attr.attribute(x, t)
             assert ((maps - a).flatten(2).norm(dim=2) <= res.euclidean).all()
@@ -232,7 +192,7 @@ def test_float_margins_are_needed_for_float32():
     exact = interval_bound(model, x, eps=1e-4, norm="inf", evaluation="exact")
     flt = interval_bound(model, x, eps=1e-4, norm="inf")
     attr = attribution("saliency", model)
-    maps = _maps(attr, _set_points(x, 1e-4, "inf", 200, seed=0), attributions.predict(model, x))
+    maps = maps_at(attr, set_points(x, 1e-4, "inf", 200, seed=0), attributions.predict(model, x))
     lo, hi = exact.intervals
     assert ((maps < lo) | (maps > hi)).any()
     lo, hi = flt.intervals
@@ -384,7 +344,7 @@ def test_integrated_gradients_object_options():
     assert res.extra["attribution_options"]["nodes"] == "gausslegendre"
     lo, hi = res.intervals
     t = attributions.predict(model, x)
-    maps = _maps(ig, _set_points(x, 0.05, "inf", 300, seed=1), t)
+    maps = maps_at(ig, set_points(x, 0.05, "inf", 300, seed=1), t)
     assert ((maps >= lo) & (maps <= hi)).all()
     # the same through a name and options
     res2 = interval_bound(model, x, eps=0.05, norm="inf", attribution="integrated_gradients",
