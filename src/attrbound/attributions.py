@@ -1,4 +1,4 @@
-"""Differentiable attribution maps A(x) (DESIGN.md section 2).
+"""Differentiable attribution maps A(x) (docs/design.md section 2).
 
 With g(z) = grad_z f_t(z), the gradient of the target logit t:
 

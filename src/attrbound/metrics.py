@@ -1,4 +1,4 @@
-"""Batched dissimilarity and rank metrics between attribution maps (DESIGN.md section 1).
+"""Batched dissimilarity and rank metrics between attribution maps (docs/design.md section 1).
 
 Every function takes two batches of maps a, b: [B, *S] (same shape, any float dtype, any
 device) and returns one value per example, [B], in a's dtype. The d = prod(S) entries of an

@@ -99,7 +99,7 @@ class BoundResult:
                 row[k] = v[i].item()
             if self.source is not None:
                 row["source"] = self.source[i]
-            for k, v in self.extra.items():  # per-input diagnostics, e.g. operator_norm_x
+            for k, v in self.extra.items():  # per-input diagnostics, e.g. operator_norm_v0
                 if isinstance(v, Tensor) and v.dim() == 1 and v.shape[0] == n:
                     row[k] = v[i].item()
             if self.intervals is not None:
