@@ -8,6 +8,7 @@ from torch import nn
 
 from attrbound import models
 from attrbound.errors import AttrboundError
+from attrbound.surrogate import SmoothSurrogate, inspect_model
 
 
 @pytest.mark.parametrize("arch", models.ARCHS)
@@ -96,6 +97,40 @@ def test_smooth_surrogate_replaces_relu_and_approaches_it():
     assert (s(x) - m(x)).abs().max() < 5e-3
     with pytest.raises(AttrboundError):
         models.smooth_surrogate(m, beta=0)
+
+
+def test_op_level_relu_equals_the_module_swap_on_zoo_models():
+    torch.manual_seed(0)
+    m = models.freeze(models.cnn((1, 12, 12), 3, channels=(4,), activation_name="relu"))
+    x = torch.rand(4, 1, 12, 12)
+    swapped = models.smooth_surrogate(m, 10.0)
+    assert isinstance(swapped, nn.Sequential)  # a plain stack: no run-time replacement
+    op_level = SmoothSurrogate(models.freeze(models.cnn((1, 12, 12), 3, channels=(4,),
+                                                        activation_name="relu")), 10.0)
+    op_level.model.load_state_dict(m.state_dict())
+    assert torch.equal(swapped(x), op_level(x))
+    pooled = models.freeze(models.cnn((1, 12, 12), 3, channels=(4,), activation_name="relu",
+                                      pool="max"))
+    s = models.smooth_surrogate(pooled, 10.0)
+    assert isinstance(s, SmoothSurrogate) and not models.is_piecewise_linear(s)
+    assert not models.is_piecewise_linear(s, x)
+
+
+def test_piecewise_linear_zoo_models_are_found_by_their_modules():
+    relu = models.build({"arch": "mlp", "activation": "relu", "input_shape": [5]})
+    pooled = models.build({"arch": "cnn", "activation": "gelu", "input_shape": [1, 8, 8],
+                           "pool": "max"})
+    assert models.is_piecewise_linear(relu) and models.is_piecewise_linear(pooled)
+    assert not models.is_piecewise_linear(models.build({"arch": "mlp", "input_shape": [5]}))
+    assert models.is_piecewise_linear(relu, torch.rand(2, 5))
+    # the module scan names operations as a forward pass does
+    scan = inspect_model(pooled)
+    assert not scan.probed
+    assert scan.smoothed == inspect_model(pooled, torch.rand(2, 1, 8, 8)).smoothed
+    assert scan.smoothed == ("max_pool2d",)
+    shrink = inspect_model(nn.Sequential(nn.Linear(3, 3), nn.Hardshrink()))
+    assert shrink.unsupported == ("hardshrink",) and shrink.piecewise_linear
+    assert models.PIECEWISE_LINEAR  # still importable from here
 
 
 def test_unknown_names_are_clear_errors():

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from attrbound.errors import AttrboundError
-from attrbound.models import is_piecewise_linear
+from attrbound.surrogate import inspect_model
 
 
 def check_batch(x: Any, model: nn.Module | None = None) -> Tensor:
@@ -86,23 +86,39 @@ def require_smooth_or_surrogate(
     methods: Sequence[str],
     *,
     flag: str = "surrogate_beta",
+    example: Tensor | None = None,
 ) -> bool:
     """Whether ``methods`` (derivative-based bounds or attacks) must use the smooth surrogate.
 
-    A model with piecewise-linear operations (ReLU, max-pool, ...) has a piecewise-constant
-    gradient, so the derivative of its attribution is zero almost everywhere and a
-    derivative-based method sees nothing. Returns True when the model is piecewise linear and
-    ``surrogate_beta`` is given; raises one sentence naming ``flag`` (the keyword, or the
-    CLI's ``--surrogate-beta``) when it is piecewise linear and no beta is given; False for a
-    smooth model, or when ``methods`` is empty.
+    A model that applies piecewise-linear operations (ReLU, max-pool, ...) to its input has a
+    piecewise-constant gradient, so the derivative of its attribution is zero almost
+    everywhere and a derivative-based method sees nothing. The operations are found by
+    :func:`attrbound.surrogate.inspect_model` on ``example`` (the input batch [B, *S]; without
+    it, by the modules or a zero input of ``config["input_shape"]``, and an error when that
+    cannot tell). Returns True when the model is piecewise linear and ``surrogate_beta`` is
+    given; raises one sentence naming ``flag`` (the keyword, or the CLI's
+    ``--surrogate-beta``) when it is and no beta is given, and one when it applies piecewise
+    operations that have no smooth counterpart; False for a smooth model, or when ``methods``
+    is empty.
     """
-    if not methods or not is_piecewise_linear(model):
+    if not methods:
+        return False
+    found = inspect_model(model, example)
+    if found.unsupported:
+        raise AttrboundError(
+            "the model applies piecewise operations with no smooth counterpart "
+            f"({', '.join(found.unsupported)}) to its input, so {', '.join(methods)} cannot "
+            "use its derivative and attrbound cannot smooth it; use a method that needs no "
+            "derivative (bound method 'interval', attack method 'random')."
+        )
+    if not found.smoothed:
         return False
     if surrogate_beta is None:
         raise AttrboundError(
-            "the model has piecewise-linear layers (ReLU / max-pool), so the derivative of its "
-            f"attribution is zero almost everywhere and {', '.join(methods)} see(s) nothing; pass "
-            f"{flag} (e.g. 10) to use its softplus surrogate, or use a method that needs no "
-            "derivative (bound method 'interval', attack method 'random')."
+            f"the model has piecewise-linear operations ({', '.join(found.smoothed)}), so the "
+            "derivative of its attribution is zero almost everywhere and "
+            f"{', '.join(methods)} see(s) nothing; pass {flag} (e.g. 10) to use its smooth "
+            "surrogate, or use a method that needs no derivative (bound method 'interval', "
+            "attack method 'random')."
         )
     return True

@@ -10,6 +10,10 @@ Architectures (logits f: R^{C x H x W} -> R^K, any input shape):
 Activations: ``relu``, ``softplus`` (softplus(beta z) / beta, default beta = 10), ``elu``,
 ``gelu``, ``tanh``.
 
+Piecewise-linear operations are found, and smoothed for the surrogate, by
+:mod:`attrbound.surrogate`; :func:`is_piecewise_linear` and :func:`smooth_surrogate` are its
+entry points here.
+
 Checkpoints are one safetensors file: the weights, and in its header metadata a JSON config
 (architecture, activation, dataset, input shape, classes, test accuracy, training command)
 and a SHA-256 digest of the weights. :func:`load` never unpickles and refuses a file whose
@@ -18,7 +22,6 @@ weights do not match the digest.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -29,26 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from attrbound import surrogate
 from attrbound.errors import AttrboundError, check_choice
+from attrbound.surrogate import PIECEWISE_LINEAR  # noqa: F401  (re-exported)
 
 ARCHS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "softplus", "elu", "gelu", "tanh")
 CONFIG_KEY = "attrbound_config"
 DIGEST_KEY = "attrbound_sha256"
-
-#: Modules whose output is piecewise linear in their input: a network built from them has a
-#: piecewise-constant input gradient, so derivative-based bounds and attacks see nothing.
-PIECEWISE_LINEAR = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.Hardtanh,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool2d,
-)
 
 
 def activation(name: str, beta: float = 10.0) -> nn.Module:
@@ -232,28 +223,18 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     return freeze(model.to(device))
 
 
-def is_piecewise_linear(model: nn.Module) -> bool:
-    """True if ``model`` contains a piecewise-linear nonlinearity (ReLU, max-pool, ...)."""
-    return any(isinstance(m, PIECEWISE_LINEAR) for m in model.modules())
+def is_piecewise_linear(model: nn.Module, example: torch.Tensor | None = None) -> bool:
+    """True if ``model`` applies a piecewise-linear operation (ReLU, max-pool, clamp, abs, ...)
+    to its input: :func:`attrbound.surrogate.inspect_model`, which looks at the operations of
+    one forward pass on ``example`` (a batch [B, *S]); without one, at the modules (or at a zero
+    input shaped ``config["input_shape"]``), and raises AttrboundError when it cannot tell."""
+    return surrogate.is_piecewise_linear(model, example)
 
 
 def smooth_surrogate(model: nn.Module, beta: float = 10.0) -> nn.Module:
-    """A frozen copy of ``model`` with every ReLU replaced by softplus(beta z) / beta.
-
-    The weights are shared by value (deep copy); max-pooling layers are kept. Used to steer
-    attacks and derivative-based bounds on ReLU networks (DESIGN.md section 2), whose own
-    input gradient is piecewise constant. Larger beta is closer to ReLU.
-    """
-    if not beta > 0:
-        raise AttrboundError(f"surrogate beta must be > 0, got {beta}.")
-    surrogate = copy.deepcopy(model)
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, nn.ReLU):
-                setattr(module, name, nn.Softplus(beta=beta))
-            else:
-                swap(child)
-
-    swap(surrogate)
-    return freeze(surrogate)
+    """A frozen copy of ``model`` with every piecewise-linear operation smoothed at ``beta``:
+    :func:`attrbound.surrogate.smooth_surrogate` (ReLU -> softplus(beta z) / beta, max-pool ->
+    log-sum-exp with temperature 1/beta, ...; the formulas in :mod:`attrbound.smooth_ops`).
+    Used to steer attacks and derivative-based bounds on ReLU networks (docs/design.md
+    section 2), whose own input gradient is piecewise constant. Larger beta is closer."""
+    return surrogate.smooth_surrogate(model, beta)
