@@ -66,13 +66,14 @@ def _inputs(grid: Grid, model: nn.Module, images: Tensor | None,
     return images, labels, dataset
 
 
-def _bounded_map(grid: Grid, model: nn.Module) -> str:
-    """The map the practical bounds and the attacks measure; raises (naming
-    --surrogate-beta) when derivative-based methods meet a ReLU model without a surrogate."""
+def _bounded_map(grid: Grid, model: nn.Module, example: Tensor) -> str:
+    """The map the practical bounds and the attacks measure, the model's operations looked
+    up on ``example`` [1, *S]; raises (naming --surrogate-beta) when derivative-based
+    methods meet a piecewise-linear model without a surrogate."""
     derivative = ([m for m in grid.bounds if m != "interval"]
                   + [m for m in grid.attacks if m != "random"])
     surrogate = require_smooth_or_surrogate(model, grid.surrogate_beta, derivative,
-                                            flag="--surrogate-beta")
+                                            flag="--surrogate-beta", example=example)
     return map_name(grid.surrogate_beta if surrogate else None)
 
 
@@ -99,7 +100,7 @@ def prepare(
     if model is None:
         model = models.load(model_path, device=grid.device)
     images, labels, dataset = _inputs(grid, model, images, labels)
-    bounded = _bounded_map(grid, model)
+    bounded = _bounded_map(grid, model, images[grid.start:grid.start + 1].to(grid.device))
     for name in grid.attributions:  # bad options fail here, not in every unit
         attribution(name, model, **grid.attribution_options.get(name, {}))
     ident = grid.identity(sha)
