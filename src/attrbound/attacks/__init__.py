@@ -127,16 +127,17 @@ def _check(
 
 def _maps(
     model: nn.Module, attribution: str | Attribution, options: dict[str, Any] | None,
-    obj: Objective, surrogate_beta: float | None,
+    obj: Objective, surrogate_beta: float | None, example: Tensor,
 ) -> tuple[Attribution, Attribution, float | None]:
     """(the model's own map, the attacked map, the surrogate's beta or None).
 
     The attacked map is the model's own unless the model is piecewise linear and
     ``surrogate_beta`` is given (required for gradient methods): then it is the map of
-    :func:`attrbound.models.smooth_surrogate` (model, beta)."""
+    :func:`attrbound.models.smooth_surrogate` (model, beta). The model's operations are
+    looked up on one forward pass of ``example`` (the inputs [B, *S])."""
     real = make_attribution(attribution, model, **(options or {}))
     ask = [obj.name] if obj.uses_gradient or surrogate_beta is not None else []
-    if require_smooth_or_surrogate(model, surrogate_beta, ask):
+    if require_smooth_or_surrogate(model, surrogate_beta, ask, example=example):
         return real, real.with_model(smooth_surrogate(model, surrogate_beta)), surrogate_beta
     return real, real, None
 
@@ -267,7 +268,7 @@ def attack(
                 step_size=step_size, restarts=restarts, k=k, n=n, domain=domain,
                 batch_size=batch_size)
     real, attacked, beta = _maps(model, attribution, attribution_options, st.obj,
-                                 surrogate_beta)
+                                 surrogate_beta, x)
     if st.budget.rows is None:
         st.budget.rows = default_batch_size(real)
     with torch.no_grad():  # no graph to the weights; torch.func.grad still differentiates in z

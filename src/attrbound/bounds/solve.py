@@ -194,7 +194,7 @@ def prepare(
     when the model needs it, check that x lies in the box ``inside`` when one is given
     (region: its search starts at x), resolve the targets [B] and seed the two generators."""
     opts = _check_options(method, options)
-    if require_smooth_or_surrogate(model, surrogate_beta, [method]):
+    if require_smooth_or_surrogate(model, surrogate_beta, [method], example=x):
         beta: float | None = float(surrogate_beta)  # type: ignore[arg-type]
         used = attr.with_model(smooth_surrogate(model, beta))
     else:
