@@ -11,6 +11,7 @@ from helpers.references import (
     box_vertices,
     central_difference,
     coordinate_gradient,
+    cosine_at_least,
     dual_value,
     full_jacobian,
     inf_to_two_enumerated,
@@ -188,3 +189,14 @@ def test_finite_differences_plain_metrics_and_maps_at():
     pts = torch.randn(4, 3, 5, generator=_gen(13), dtype=torch.float64)
     t = torch.tensor([0, 1, 2])
     assert torch.allclose(maps_at(_Doubler(), pts, t), 2 * pts + t[None, :, None].double())
+
+
+def test_cosine_at_least_is_exact_where_float_rounding_is_not():
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand((2, 32), generator=g, dtype=torch.float64)
+    maps = torch.stack([a, a * 3.0, -a])  # cos = 1, 1, -1 exactly
+    just_below_one = torch.tensor([1.0 - 2**-53, 1.0 - 2**-53], dtype=torch.float64)
+    ok = cosine_at_least(maps, a, just_below_one)
+    assert ok[:2].all() and not ok[2].any()
+    assert cosine_at_least(maps, a, torch.full((2,), -1.0, dtype=torch.float64)).all()
+    assert not cosine_at_least(maps[2:], a, torch.full((2,), -0.5, dtype=torch.float64)).any()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -383,3 +384,29 @@ __all__ = [
     "sign_vectors", "smoothgrad_by_loop", "top_eigenvalue", "top_singular_value",
     "uniform_ball", "vertex_max_deviation",
 ]
+
+
+def cosine_at_least(maps: Tensor, a: Tensor, bound: Tensor) -> Tensor:
+    """Whether cos(maps[p, b], a[b]) >= bound[b] holds EXACTLY, per point: bool [P, B].
+
+    maps [P, B, *S], a [B, *S], bound [B]. A float64 cosine of two nearly equal maps carries a
+    rounding error of a few 1e-16, which can put it below a certified bound of 1 - 1e-16 that
+    the exact value meets; so every pair the float comparison fails is decided again in exact
+    rational arithmetic on the float64 values: with c = bound, cos >= c  <=>  a.m >= c ||a|| ||m||,
+    i.e. (a.m >= 0 and (c <= 0 or (a.m)^2 >= c^2 (a.a)(m.m))) or (a.m < 0 and c < 0 and
+    (a.m)^2 <= c^2 (a.a)(m.m)).
+    """
+    m = maps.flatten(2).double()
+    v = a.flatten(1).double()
+    ok = torch.nn.functional.cosine_similarity(m, v.unsqueeze(0), dim=2) >= bound.unsqueeze(0)
+    for p, b in (~ok).nonzero().tolist():
+        mv = [Fraction(t) for t in m[p, b].tolist()]
+        av = [Fraction(t) for t in v[b].tolist()]
+        c = Fraction(float(bound[b]))
+        dot = sum(x * y for x, y in zip(av, mv, strict=True))
+        scale = c * c * sum(x * x for x in av) * sum(y * y for y in mv)
+        if dot >= 0:
+            ok[p, b] = c <= 0 or dot * dot >= scale
+        else:
+            ok[p, b] = c < 0 and dot * dot <= scale
+    return ok
