@@ -15,6 +15,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers.models import RandomDag, ResNet, ready
 from helpers.references import cosine_at_least, directional_ascent_points, maps_at, set_points
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -383,7 +385,7 @@ def _tiny() -> nn.Sequential:
 
 
 @pytest.mark.parametrize("layer,name", [
-    (nn.MaxPool2d(2), "MaxPool2d"),
+    (nn.LayerNorm([2, 4, 4]), "LayerNorm"),
     (nn.GELU(), "GELU"),
     (nn.LeakyReLU(), "LeakyReLU"),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
@@ -408,8 +410,12 @@ def test_user_errors():
         def forward(self, z):
             return self.body(z)
 
-    with pytest.raises(AttrboundError, match="Sequential"):
-        interval_bound(Custom().eval(), x, eps=0.1, norm="inf")
+    # a custom forward is traced into a graph: the same bound as the Sequential it wraps
+    custom = Custom().eval()
+    custom.body = model
+    res_custom = interval_bound(custom, x, eps=0.1, norm="inf")
+    chain = interval_bound(model, x, eps=0.1, norm="inf")
+    assert torch.allclose(res_custom.euclidean, chain.euclidean, rtol=1e-9, atol=0)
     with pytest.raises(AttrboundError, match="smoothgrad"):
         interval_bound(model, x, eps=0.1, norm="inf", attribution="smoothgrad")
     with pytest.raises(AttrboundError, match="smoothgrad"):
@@ -514,3 +520,178 @@ def test_rounding_unit_follows_buffers_and_matmul_precision():
     finally:
         torch.set_float32_matmul_precision(before)
     assert _units_for(model, x.float(), "float").u < 2.0**-20
+
+
+# ----------------------------------------------------------------------------------------
+# Graphs (torch.fx): residual adds, cat, max pooling, custom forwards
+# ----------------------------------------------------------------------------------------
+
+DAG_ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+            "softplus": lambda: nn.Softplus(beta=3.0), "elu": nn.ELU}
+
+dag_specs = st.fixed_dictionaries({
+    "act": st.sampled_from(sorted(DAG_ACTS)),
+    "pool": st.sampled_from(["avg", "max", "max3", "adaptive", "none"]),
+    "bn": st.booleans(),
+    "cat": st.booleans(),
+    "functional_relu": st.booleans(),
+    "seed": st.integers(0, 10_000),
+    "norm": st.sampled_from(["inf", "2"]),
+    "eps": st.floats(0.003, 0.3),
+    "name": st.sampled_from(NAMES),
+    "tightening": st.sampled_from(["none", "crown"]),
+})
+
+
+def _dag(spec: dict, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(spec["seed"])
+    model = RandomDag(DAG_ACTS[spec["act"]], spec["pool"], spec["bn"], spec["cat"],
+                      functional_relu=spec["functional_relu"])
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.weight.data.mul_(1.5)
+    return ready(model, dtype, seed=spec["seed"])
+
+
+def _run_dag_spec(spec: dict, n: int = 100) -> None:
+    model = _dag(spec)
+    x = _inputs(spec["seed"])
+    eps = spec["eps"] if spec["norm"] == "inf" else 3 * spec["eps"]
+    opts = {"steps": 3} if spec["name"] == "integrated_gradients" else {}
+    _check_sound(model, x, eps, spec["norm"], spec["name"], spec["tightening"], spec["seed"],
+                 opts, n=n)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(dag_specs)
+def test_sound_on_random_graphs(spec):
+    """No sampled point, box vertex (set_points) or directional-ascent iterate leaves the
+    intervals of a random residual graph (float64), zero tolerance."""
+    _run_dag_spec(spec)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag_specs)
+def test_sound_on_random_graphs_many(spec):
+    _run_dag_spec(spec, n=300)
+
+
+@pytest.mark.parametrize("pool", ["max", "max3", "adaptive"])
+def test_sound_on_graphs_in_float32(pool):
+    """A float32 residual graph's own float32 attributions stay inside its intervals."""
+    model = _dag({"act": "relu", "pool": pool, "bn": True, "cat": True,
+                  "functional_relu": True, "seed": 3}, torch.float32)
+    x = _inputs(3, b=3, dtype=torch.float32)
+    for norm, eps in (("inf", 0.02), ("2", 0.05)):
+        for name in NAMES:
+            opts = {"steps": 4} if name == "integrated_gradients" else {}
+            res = interval_bound(model, x, eps=eps, norm=norm, attribution=name, **opts)
+            lo, hi = res.intervals
+            attr = attribution(name, model, **opts)
+            t = attributions.predict(model, x)
+            maps = maps_at(attr, set_points(x, eps, norm, 300, seed=5), t)
+            assert ((maps >= lo) & (maps <= hi)).all()
+            a = attr.attribute(x, t)
+            assert ((maps - a).flatten(2).norm(dim=2) <= res.euclidean).all()
+
+
+def test_resnet_sound_and_crown_tighter():
+    """The user-style ResNet (BasicBlocks with BatchNorm, in-place ReLU, out += identity,
+    adaptive pooling): sound, and CROWN over the graph tighter than IBP."""
+    model = ready(ResNet(), torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    res = _check_sound(model, x, 0.01, "inf", "saliency", "crown", seed=1)
+    plain = interval_bound(model, x, eps=0.01, norm="inf", tightening="none")
+    assert torch.all(res.euclidean < plain.euclidean)
+
+
+# euclidean bounds and total interval widths of the chain implementation at commit ba7ee25
+# (before the graph), as float.hex: (kind, act, param, bn, pool, seed, norm, eps, attribution)
+_CHAIN_BEFORE = [
+    (('cnn', 'relu', 1.0, True, True, 0, 'inf', 0.05, 'saliency'),
+     ['0x1.9d7ac5b739641p-7', '0x1.402b17157dc86p-7'],
+     ['0x1.77651d39a9447p-4', '0x1.1fb2a9b453798p-4']),
+    (('mlp', 'softplus', 3.0, True, False, 1, '2', 0.2, 'saliency'),
+     ['0x1.320a9dae96fcap-3', '0x1.acdc04e5a7790p-3'],
+     ['0x1.706728f6fdc40p+0', '0x1.1733179b2f6a7p+1']),
+    (('cnn', 'tanh', 1.0, False, True, 2, 'inf', 0.03, 'input_x_gradient'),
+     ['0x1.480c656b83649p-5', '0x1.9739c31c598bap-5'],
+     ['0x1.69d8517c651dep-2', '0x1.d8637fbff812fp-2']),
+    (('cnn', 'elu', 1.0, True, False, 3, '2', 0.3, 'integrated_gradients'),
+     ['0x1.6cf8ec48cb315p-4', '0x1.70350b26b548ap-4'],
+     ['0x1.7e7664c2980a5p-1', '0x1.6f12e5373a60cp-1']),
+    (('mlp', 'sigmoid', 1.0, False, False, 4, 'inf', 0.1, 'saliency'),
+     ['0x1.fe398de7b9dc9p-8', '0x1.48d7610fc79c6p-7'],
+     ['0x1.2949b25387e0fp-4', '0x1.a3c4064412732p-4']),
+    (('cnn', 'relu', 1.0, False, False, 5, '2', 0.2, 'integrated_gradients'),
+     ['0x1.60afbd43d6fecp-3', '0x1.3c8dade86865dp-1'],
+     ['0x1.87265fefc8e25p+0', '0x1.677bf95d2d6bep+2']),
+]
+
+
+@pytest.mark.parametrize("case", _CHAIN_BEFORE, ids=lambda c: "-".join(map(str, c[0][:2])))
+def test_sequential_never_looser_than_before(case):
+    """nn.Sequential models: every bound is equal to or below the previous implementation's."""
+    (kind, act, param, bn, pool, seed, norm, eps, name), euclid, width = case
+    model, x = _net(kind, act, param, bn, pool, seed), _inputs(seed)
+    opts = {"steps": 3} if name == "integrated_gradients" else {}
+    res = interval_bound(model, x, eps=eps, norm=norm, attribution=name, **opts)
+    w = (res.intervals[1] - res.intervals[0]).flatten(1).sum(1)
+    assert all(float(a) <= float.fromhex(b) for a, b in zip(res.euclidean, euclid, strict=True))
+    assert all(float(a) <= float.fromhex(b) for a, b in zip(w, width, strict=True))
+
+
+def test_graph_errors_are_clear():
+    x = _inputs(0, dtype=torch.float64)
+
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.norm = nn.LayerNorm([2, 4, 4])
+            self.fc = nn.Linear(32, 2)
+
+        def forward(self, z):
+            return self.fc(self.norm(self.conv(z)).flatten(1))
+
+    with pytest.raises(AttrboundError, match=r"node norm \(module LayerNorm\); supported: "):
+        interval_bound(Norm().double().eval(), x, eps=0.1, norm="inf")
+
+    class Sorts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 2)
+
+        def forward(self, z):
+            return self.fc(torch.sort(z.flatten(1), dim=1).values)
+
+    with pytest.raises(AttrboundError, match="sort.*supported: modules Linear"):
+        interval_bound(Sorts().double().eval(), x, eps=0.1, norm="inf")
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 2)
+
+        def forward(self, z):
+            return self.fc(z.flatten(1)) if z.sum() > 0 else -self.fc(z.flatten(1))
+
+    with pytest.raises(AttrboundError, match="could not trace"):
+        interval_bound(Branchy().double().eval(), x, eps=0.1, norm="inf")
+    model = ready(ResNet(cin=2), torch.float64)
+    with pytest.raises(AttrboundError, match="eval"):
+        interval_bound(model.train(), x, eps=0.1, norm="inf")
+
+    class Drop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 2)
+
+        def forward(self, z):
+            return self.fc(F.dropout(z.flatten(1), 0.5, training=True))
+
+    with pytest.raises(AttrboundError, match="training mode"):
+        interval_bound(Drop().double().eval(), x, eps=0.1, norm="inf")

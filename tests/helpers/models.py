@@ -183,3 +183,47 @@ class Tiny(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.op(self, self.conv(x)).flatten(1)
         return torch.stack([out.sum(1), (out * out).mean(1)], dim=1)
+
+
+class RandomDag(nn.Module):
+    """A small graph for the interval bound's property tests, inputs [B, cin, 4, 4]: conv stem
+    -> act -> a residual block (conv -> [BN] -> act -> conv -> [BN], + the stem, act) -> ``pool``
+    ("avg", "max", "max3" = 3x3 stride 1 padding 1 max pooling, "adaptive", "none") -> [cat
+    with a 1x1-conv branch of the stem] -> flatten -> Linear -> act -> Linear (3 logits).
+    ``act`` is a module factory (nn.ReLU, nn.Tanh, ...); ``functional_relu``: F.relu in the
+    forward instead of the module for the block's first activation."""
+
+    def __init__(self, act: Callable[[], nn.Module], pool: str = "avg", bn: bool = True,
+                 cat: bool = False, cin: int = 2, width: int = 3,
+                 functional_relu: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(cin, width, 3, padding=1)
+        self.a0, self.a1, self.a2, self.a3 = act(), act(), act(), act()
+        self.c1 = nn.Conv2d(width, width, 3, padding=1)
+        self.c2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.n1 = nn.BatchNorm2d(width) if bn else nn.Identity()
+        self.n2 = nn.BatchNorm2d(width) if bn else nn.Identity()
+        self.side = nn.Conv2d(width, 2, 1) if cat else None
+        self.pool = pool
+        self.functional_relu = functional_relu
+        side = {"avg": 2, "max": 2, "max3": 4, "adaptive": 1, "none": 4}[pool]
+        chans = width + (2 if cat else 0)
+        self.fc1 = nn.Linear(chans * side * side, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a0(self.stem(x))
+        y = self.n1(self.c1(h))
+        y = F.relu(y) if self.functional_relu else self.a1(y)
+        y = self.a2(self.n2(self.c2(y)) + h)
+        if self.side is not None:
+            y = torch.cat([y, self.side(h)], dim=1)
+        if self.pool == "avg":
+            y = F.avg_pool2d(y, 2)
+        elif self.pool == "max":
+            y = F.max_pool2d(y, 2)
+        elif self.pool == "max3":
+            y = nn.functional.max_pool2d(y, 3, 1, 1)
+        elif self.pool == "adaptive":
+            y = y.mean(dim=(2, 3))
+        return self.fc2(self.a3(self.fc1(y.flatten(1))))

@@ -43,16 +43,17 @@ from attrbound.attributions import Attribution, resolve_target
 from attrbound.errors import AttrboundError, check_choice
 from attrbound.geometry import parse_norm
 from attrbound.interval.attribution import ATTRIBUTIONS, attribution_box, resolve_attribution
+from attrbound.interval.dag import SUPPORTED_NODES, network
 from attrbound.interval.deviation import deviation_bounds
 from attrbound.interval.forward import MAX_ELEMENTS, TIGHTENINGS
-from attrbound.interval.graph import Net
 from attrbound.interval.ops import SUPPORTED_LAYERS
 from attrbound.interval.perturbation import ball_set, point_set
 from attrbound.interval.rounding import EVALUATIONS, K_FUNC, U64, Units, cast_out, units_for
 from attrbound.results import BoundResult, cosine_from_euclidean
 
 __all__ = [
-    "ATTRIBUTIONS", "EVALUATIONS", "K_FUNC", "MAX_ELEMENTS", "SUPPORTED_LAYERS", "TIGHTENINGS",
+    "ATTRIBUTIONS", "EVALUATIONS", "K_FUNC", "MAX_ELEMENTS", "SUPPORTED_LAYERS", "SUPPORTED_NODES",
+    "TIGHTENINGS",
     "attribution_intervals", "cosine_from_euclidean", "interval_bound",
 ]
 
@@ -122,12 +123,14 @@ def _prepare(
         raise AttrboundError(f"max_elements must be >= 1, got {max_elements}.")
     attr = resolve_attribution(attribution, model, attribution_options)
     check_in_domain(x, domain)
-    net = Net(model, tuple(x.shape[1:]), x.device)
+    _check_eval(model)
+    xd = x.detach().to(torch.float64)
+    m64 = _float64_copy(model)
+    net = network(m64, xd, x.device)
     tgt = resolve_target(model, x, target)
     units = units_for(model, x, evaluation)
-    xd = x.detach().to(torch.float64)
     inset = ball_set(xd, eps, norm, domain)
-    a64 = attr.with_model(_float64_copy(model))
+    a64 = attr.with_model(m64)
     lo, hi = attribution_box(net, a64, xd, inset, tgt, tightening, units, int(max_elements))
     plo, phi = attribution_box(net, a64, xd, point_set(xd), tgt, "none", units,
                                int(max_elements))
@@ -135,6 +138,21 @@ def _prepare(
     plo, phi = torch.nan_to_num(plo, nan=-math.inf), torch.nan_to_num(phi, nan=math.inf)
     return _Prepared(lo=lo, hi=hi, plo=plo, phi=phi, attr=a64, target=tgt, norm=norm, eps=eps,
                      units=units, x64=xd)
+
+
+def _check_eval(model: nn.Module) -> None:
+    """Refuse a model in training mode: BatchNorm or Dropout layers in training mode, or a
+    custom forward (which may read ``self.training``) on a module in training mode."""
+    for name, m in model.named_modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or (
+                isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
+            raise AttrboundError(f"layer {name or type(m).__name__} ({type(m).__name__}) is in "
+                                 "training mode; call model.eval().")
+    if model.training and not isinstance(model, nn.Sequential) and any(model.children()):
+        raise AttrboundError(f"{type(model).__name__} is in training mode (its forward may "
+                             "depend on it); call model.eval().")
 
 
 def _float64_copy(model: nn.Module) -> nn.Module:

@@ -23,6 +23,7 @@ from attrbound.attributions import (
 )
 from attrbound.attributions import attribution as make_attribution
 from attrbound.errors import AttrboundError
+from attrbound.interval.dag import Dag
 from attrbound.interval.gradient import gradient_intervals
 from attrbound.interval.graph import Net
 from attrbound.interval.perturbation import InputSet, path_sets
@@ -61,7 +62,7 @@ def resolve_attribution(attribution: str | Attribution, model: nn.Module,
 
 
 def attribution_box(
-    net: Net,
+    net: Net | Dag,
     attr: Attribution,
     x: Tensor,
     inset: InputSet,
@@ -80,7 +81,7 @@ def attribution_box(
 
 
 def _ig_box(
-    net: Net,
+    net: Net | Dag,
     attr: IntegratedGradients,
     x: Tensor,
     inset: InputSet,

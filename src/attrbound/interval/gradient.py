@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attrbound.interval.dag import Dag
+from attrbound.interval.dag_forward import dag_forward
+from attrbound.interval.dag_gradient import dag_gradient
 from attrbound.interval.forward import forward
 from attrbound.interval.graph import Net
 from attrbound.interval.perturbation import InputSet
@@ -41,9 +44,13 @@ def gradient(
 
 
 def gradient_intervals(
-    net: Net, inset: InputSet, target: Tensor, tightening: str, units: Units,
+    net: Net | Dag, inset: InputSet, target: Tensor, tightening: str, units: Units,
     max_elements: int,
 ) -> tuple[Tensor, Tensor]:
-    """Intervals [N, *S] of g over the input set: the forward bounds, then the gradient pass."""
+    """Intervals [N, *S] of g over the input set: the forward bounds, then the gradient pass
+    (over the chain, or over the graph: attrbound.interval.dag_forward / dag_gradient)."""
+    if isinstance(net, Dag):
+        bounds = dag_forward(net, inset, tightening, units, max_elements)
+        return dag_gradient(net, bounds, target, units)
     pre = forward(net, inset, tightening, units, max_elements)
     return gradient(net, pre, target, units)

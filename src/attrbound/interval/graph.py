@@ -5,8 +5,8 @@
 pre-activation i is q_i = blocks[i](h_i), h_0 = z, h_{i+1} = acts[i](q_i). Built from an
 ``nn.Sequential`` (nested allowed) by looking each leaf module up in the op registry
 (:mod:`attrbound.interval.ops`). This chain is the one place that knows the model's structure:
-a graph of ops (residual adds, concatenations) would replace it here, with forward.py and
-gradient.py walking it in topological and reverse order.
+any other model (residual adds, concatenations, max pooling, a custom forward) is traced
+into the graph of :mod:`attrbound.interval.dag` instead (NotAChain says which).
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from torch import nn
 from attrbound.errors import AttrboundError
 from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
 
-__all__ = ["Net", "leaves"]
+__all__ = ["Net", "NotAChain", "leaves"]
+
+
+class NotAChain(AttrboundError):
+    """The model is not an nn.Sequential of chain layers (the graph of attrbound.interval.dag
+    handles it)."""
 
 
 def leaves(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -39,10 +44,7 @@ class Net:
 
     def __init__(self, model: nn.Module, in_shape: tuple[int, ...], device: torch.device) -> None:
         if not isinstance(model, nn.Sequential) and any(True for _ in model.children()):
-            raise AttrboundError(
-                f"the interval method needs an nn.Sequential model (nested Sequential allowed) "
-                f"to follow its layers; got {type(model).__name__}."
-            )
+            raise NotAChain(f"{type(model).__name__} is not an nn.Sequential.")
         self.blocks: list[list[AffineOp]] = [[]]
         self.acts: list[Activation] = []
         shape = tuple(int(s) for s in in_shape)
@@ -50,10 +52,8 @@ class Net:
         for path, m in leaves(model):
             build = lookup(m)
             if build is None:
-                raise AttrboundError(
-                    f"the interval method does not support layer {path} "
-                    f"({type(m).__name__}); supported: {SUPPORTED_LAYERS}."
-                )
+                raise NotAChain(f"layer {path} ({type(m).__name__}) is not a chain layer; "
+                                f"chain layers: {SUPPORTED_LAYERS}.")
             try:
                 node = build(m, shape, device, path)
             except (RuntimeError, IndexError) as exc:

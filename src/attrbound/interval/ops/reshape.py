@@ -10,7 +10,7 @@ from attrbound.errors import AttrboundError
 from attrbound.interval.ops.base import AffineOp, register
 from attrbound.interval.rounding import Units
 
-__all__ = ["Flatten", "Skip"]
+__all__ = ["Flatten", "Reshape", "Skip"]
 
 
 @register(nn.Flatten)
@@ -60,3 +60,34 @@ class Skip:
         if isinstance(m, nn.Dropout) and m.training and m.p > 0:
             raise AttrboundError(f"layer {path} (Dropout) is in training mode; call model.eval().")
         return None
+
+
+class Reshape(AffineOp):
+    """v -> v.reshape(N, *out_shape) (view, reshape, flatten in a traced graph): exact."""
+
+    name = "reshape"
+    exact = True
+    fan = 0
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+        super().__init__(in_shape)
+        self.out_shape = out_shape
+
+    def linear(self, v: Tensor) -> Tensor:
+        return v.reshape((v.shape[0],) + self.out_shape)
+
+    abs_linear = linear
+
+    def transpose(self, v: Tensor) -> Tensor:
+        return v.reshape((v.shape[0],) + self.in_shape)
+
+    abs_transpose = transpose
+
+    def ibp(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor, Tensor]:
+        return self.linear(lo), self.linear(hi), torch.zeros_like(self.linear(lo))
+
+    def eval_error(self, e: Tensor, mvec: Tensor, units: Units) -> Tensor:
+        return self.linear(e)
+
+    def ibp_transpose(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        return self.transpose(lo), self.transpose(hi)

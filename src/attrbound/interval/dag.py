@@ -1,0 +1,314 @@
+"""The network as a graph (DAG) of ops, traced by torch.fx, for models that are not a plain chain.
+
+Nodes in topological order; node 0 is the input, the last node the logits [N, K]. Kinds:
+
+- ``affine``: an :class:`~attrbound.interval.ops.AffineOp` of one node (Linear, Conv2d,
+  BatchNorm, AvgPool2d, AdaptiveAvgPool2d, a mean over dimensions, flatten / view / reshape);
+- ``act``: an elementwise :class:`~attrbound.interval.ops.Activation` of one node;
+- ``max``: :class:`~attrbound.interval.ops.pooling.MaxPool2d` of one node;
+- ``add``: the sum of two nodes of the same shape (residual connections);
+- ``cat``: the concatenation of nodes along ``dim`` (counting the batch dimension).
+
+Identity, contiguous and eval-mode dropout are no node at all (their input is used). Every
+traced tensor keeps the batch as its first dimension (checked on a batch of two). The graph is
+checked against the model: evaluated in float64 on the inputs it must reproduce the model's
+logits, which catches in-place writes on shared tensors and anything fx records differently
+from what the model computes.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from attrbound.errors import AttrboundError
+from attrbound.interval.graph import Net, NotAChain
+from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
+from attrbound.interval.ops.pooling import AdaptiveAvgPool2d, MaxPool2d, Mean
+from attrbound.interval.ops.reshape import Reshape
+
+__all__ = ["SUPPORTED_NODES", "Dag", "Node", "network"]
+
+SUPPORTED_NODES = (
+    "modules " + SUPPORTED_LAYERS.split(" (")[0] + ", MaxPool2d, AdaptiveAvgPool2d, Identity, "
+    "Dropout (eval); functions relu, tanh, sigmoid, softplus, elu, max_pool2d, avg_pool2d, "
+    "adaptive_avg_pool2d, mean, add / + of two tensors, cat, flatten, view, reshape, "
+    "contiguous, dropout (eval)"
+)
+
+_RELU = {F.relu, torch.relu, "relu", "relu_", torch.relu_}
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
+_CAT = {torch.cat, torch.concat}
+_RESHAPE = {torch.flatten, "flatten", "view", "reshape", torch.reshape}
+_SKIP = {"contiguous", "clone", "detach"}
+
+
+@dataclass
+class Node:
+    """One op of the graph: ``args`` are node indices, ``shape`` the output without the batch."""
+
+    kind: str
+    args: tuple[int, ...]
+    shape: tuple[int, ...]
+    op: Any = None
+    dim: int = 0
+    name: str = ""
+    fn: Any = None  # act nodes: the torch module, for the check against the model
+
+
+def network(model: nn.Module, x64: Tensor, device: torch.device) -> Net | Dag:
+    """The chain :class:`Net` for an ``nn.Sequential`` of chain layers, else the traced
+    :class:`Dag` (``model`` is the float64 eval copy, ``x64`` the float64 inputs)."""
+    try:
+        return Net(model, tuple(x64.shape[1:]), device)
+    except NotAChain:
+        return Dag(model, x64, device)
+
+
+def _unsupported(node: fx.Node, what: str) -> AttrboundError:
+    return AttrboundError(
+        f"the interval method does not support node {node.name} ({what}); "
+        f"supported: {SUPPORTED_NODES}."
+    )
+
+
+def _arg(node: fx.Node, i: int, key: str, default: Any) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(key, default)
+
+
+class Dag:
+    """The traced graph of a model on inputs x64 [B, *S] (float64)."""
+
+    def __init__(self, model: nn.Module, x64: Tensor, device: torch.device) -> None:
+        self.in_shape = tuple(int(s) for s in x64.shape[1:])
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception as exc:  # fx raises many types for untraceable code
+            raise AttrboundError(
+                f"the interval method could not trace {type(model).__name__} with torch.fx "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); it needs a "
+                "forward without data-dependent control flow."
+            ) from None
+        example = x64[:1].expand((2,) + self.in_shape).clone()
+        ShapeProp(gm).propagate(example)
+        self.nodes: list[Node] = []
+        index: dict[fx.Node, int] = {}
+        for n in gm.graph.nodes:
+            if n.op == "output":
+                out = n.args[0]
+                if not isinstance(out, fx.Node) or out not in index:
+                    raise _unsupported(n, "the output must be one tensor of logits")
+                self.output = index[out]
+                continue
+            meta = n.meta.get("tensor_meta")
+            if not isinstance(meta, TensorMetadata):
+                # a size or a shape (used by reshapes) is fine; other non-tensor results of
+                # input-dependent tensors (sort's tuple, ...) are not
+                query = n.target in ("size", "dim") or (
+                    n.target is getattr and n.args[1] in ("shape", "ndim", "dtype", "device"))
+                uses = [a for a in n.all_input_nodes if a in index]
+                if uses and not query:
+                    raise _unsupported(n, f"function {getattr(n.target, '__name__', n.target)}")
+                continue
+            if len(meta.shape) == 0 or int(meta.shape[0]) != 2:
+                raise _unsupported(n, "it mixes examples of the batch")
+            shape = tuple(int(s) for s in meta.shape[1:])
+            got = self._convert(gm, n, index, shape, device)
+            if isinstance(got, int):
+                index[n] = got
+            else:
+                index[n] = len(self.nodes)
+                self.nodes.append(got)
+        if self.output != len(self.nodes) - 1:
+            raise AttrboundError("the interval method needs the logits to be the last node.")
+        self.out_shape = self.nodes[-1].shape
+        if len(self.out_shape) != 1:
+            raise AttrboundError(
+                f"the model must output logits shaped [B, K], got [B, {self.out_shape}].")
+        self.users: list[list[int]] = [[] for _ in self.nodes]
+        for i, node in enumerate(self.nodes):
+            for a in node.args:
+                self.users[a].append(i)
+        #: nodes bounded by back-substitution: pre-activations (inputs of act and max nodes)
+        self.tight = sorted({a for i, nd in enumerate(self.nodes) if nd.kind in ("act", "max")
+                             for a in nd.args if self.nodes[a].kind not in ("input", "act")})
+        self._check(model, x64)
+
+    def _convert(self, gm: fx.GraphModule, n: fx.Node, index: dict[fx.Node, int],
+                 shape: tuple[int, ...], device: torch.device) -> Node | int:
+        """The Node for fx node n, or the index of the node it is equal to (no-ops)."""
+        if n.op == "placeholder":
+            if self.nodes:
+                raise _unsupported(n, "a second input")
+            return Node("input", (), shape, name=n.name)
+        if n.op not in ("call_module", "call_function", "call_method"):
+            raise _unsupported(n, f"{n.op} {n.target}: a constant used as a tensor")
+        tensor_args = [a for a in n.args if isinstance(a, fx.Node) and a in index]
+        if n.op == "call_module":
+            m = gm.get_submodule(str(n.target))
+            return self._module(m, n, index, shape, device)
+        target = n.target
+        if n.op == "call_function" and target is operator.getitem:
+            raise _unsupported(n, "indexing")
+        if target in _CAT:
+            parts = n.args[0]
+            if not isinstance(parts, (list, tuple)) or not all(
+                    isinstance(p, fx.Node) and p in index for p in parts):
+                raise _unsupported(n, "cat of constants")
+            dim = int(_arg(n, 1, "dim", 0)) % (len(shape) + 1)
+            if dim == 0:
+                raise _unsupported(n, "cat along the batch")
+            return Node("cat", tuple(index[p] for p in parts), shape, dim=dim, name=n.name)
+        src = index[tensor_args[0]] if tensor_args else None
+        if src is None:
+            raise _unsupported(n, f"{target}: no input-dependent tensor argument")
+        ins = self.nodes[src].shape
+        if target in _ADD:
+            others = [a for a in n.args[1:2] if isinstance(a, fx.Node) and a in index]
+            if len(others) != 1 or n.kwargs.get("alpha", 1) != 1:
+                raise _unsupported(n, "add of a tensor and a constant")
+            b = index[others[0]]
+            if self.nodes[b].shape != ins or ins != shape:
+                raise _unsupported(n, "add with broadcasting")
+            return Node("add", (src, b), shape, name=n.name)
+        if target in _RESHAPE:
+            return src if ins == shape else Node("affine", (src,), shape, Reshape(ins, shape),
+                                                 name=n.name)
+        if target in _SKIP:
+            return src
+        if target in (F.dropout, "dropout"):
+            if _arg(n, 2, "training", True) and _arg(n, 1, "p", 0.5) > 0:
+                raise AttrboundError(f"node {n.name} (dropout) runs in training mode; "
+                                     "call model.eval().")
+            return src
+        mod = self._functional(n, target)
+        if mod is not None:
+            return self._module(mod, n, index, shape, device)
+        if target in (torch.mean, "mean"):
+            dims = _arg(n, 1, "dim", None)
+            if dims is None:
+                raise _unsupported(n, "a mean over the batch")
+            dims = (dims,) if isinstance(dims, int) else tuple(dims)
+            if any(d % (len(ins) + 1) == 0 for d in dims):
+                raise _unsupported(n, "a mean over the batch")
+            op = Mean(dims, bool(_arg(n, 2, "keepdim", False)), ins)
+            return Node("affine", (src,), shape, op, name=n.name)
+        if target is F.adaptive_avg_pool2d:
+            op = AdaptiveAvgPool2d(_arg(n, 1, "output_size", None), ins, device)
+            return Node("affine", (src,), shape, op, name=n.name)
+        name = getattr(target, "__name__", str(target))
+        raise _unsupported(n, f"function {name}")
+
+    @staticmethod
+    def _functional(n: fx.Node, target: Any) -> nn.Module | None:
+        """The nn.Module equal to a functional call, or None."""
+        if target in _RELU:
+            return nn.ReLU(inplace=bool(n.kwargs.get("inplace", False)) or target == "relu_")
+        if target in (torch.tanh, F.tanh, "tanh"):
+            return nn.Tanh()
+        if target in (torch.sigmoid, F.sigmoid, "sigmoid"):
+            return nn.Sigmoid()
+        if target is F.softplus:
+            return nn.Softplus(_arg(n, 1, "beta", 1.0), _arg(n, 2, "threshold", 20.0))
+        if target is F.elu:
+            return nn.ELU(_arg(n, 1, "alpha", 1.0))
+        if target in (F.max_pool2d, torch.max_pool2d):
+            return nn.MaxPool2d(_arg(n, 1, "kernel_size", None), _arg(n, 2, "stride", None),
+                                _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1),
+                                _arg(n, 6, "return_indices", False), _arg(n, 5, "ceil_mode",
+                                                                          False))
+        if target is F.avg_pool2d:
+            return nn.AvgPool2d(_arg(n, 1, "kernel_size", None), _arg(n, 2, "stride", None),
+                                _arg(n, 3, "padding", 0), _arg(n, 4, "ceil_mode", False),
+                                _arg(n, 5, "count_include_pad", True),
+                                _arg(n, 6, "divisor_override", None))
+        return None
+
+    def _module(self, m: nn.Module, n: fx.Node, index: dict[fx.Node, int],
+                shape: tuple[int, ...], device: torch.device) -> Node | int:
+        args = [a for a in n.args if isinstance(a, fx.Node)]
+        if len(args) != 1 or args[0] not in index:
+            raise _unsupported(n, f"{type(m).__name__} of {len(args)} tensors")
+        src = index[args[0]]
+        ins = self.nodes[src].shape
+        if getattr(m, "inplace", False) and len(args[0].users) > 1:
+            raise _unsupported(n, f"in-place {type(m).__name__} on a tensor used elsewhere")
+        if isinstance(m, nn.MaxPool2d):
+            if m.ceil_mode or m.return_indices or len(ins) != 3:
+                raise _unsupported(n, "MaxPool2d with ceil_mode or return_indices")
+            op = MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ins, n.name)
+            return Node("max", (src,), shape, op, name=n.name)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return Node("affine", (src,), shape, AdaptiveAvgPool2d(m.output_size, ins, device),
+                        name=n.name)
+        build = lookup(m)
+        if build is None:
+            raise _unsupported(n, f"module {type(m).__name__}")
+        try:
+            op = build(m, ins, device, n.name)
+        except (RuntimeError, IndexError) as exc:
+            raise AttrboundError(f"node {n.name} ({type(m).__name__}) does not accept inputs "
+                                 f"shaped {ins} ({str(exc).splitlines()[0]}).") from None
+        if op is None:
+            return src
+        if isinstance(op, AffineOp):
+            return Node("affine", (src,), tuple(op.out_shape), op, name=n.name)
+        assert isinstance(op, Activation)
+        return Node("act", (src,), ins, op, name=n.name, fn=m)
+
+    def evaluate(self, x: Tensor) -> Tensor:
+        """The graph's float64 forward pass on x [B, *S] (the check against the model)."""
+        vals: list[Tensor] = []
+        for node in self.nodes:
+            a = [vals[i] for i in node.args]
+            if node.kind == "input":
+                v = x
+            elif node.kind == "affine":
+                v = node.op.forward(a[0])
+            elif node.kind == "act":
+                v = node.fn(a[0].clone())
+            elif node.kind == "max":
+                v = node.op.forward(a[0])
+            elif node.kind == "add":
+                v = a[0] + a[1]
+            else:
+                v = torch.cat(a, dim=node.dim)
+            vals.append(v)
+        return vals[-1]
+
+    def _check(self, model: nn.Module, x64: Tensor) -> None:
+        with torch.no_grad():
+            ref = model(x64)
+            got = self.evaluate(x64)
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-9,
+                                                        atol=1e-9 * max(scale, 1e-300)):
+            raise AttrboundError(
+                "the interval method traced a graph that does not reproduce the model's "
+                "logits (an in-place write on a shared tensor, or an operation fx records "
+                "differently); use an nn.Sequential or a forward of the supported operations."
+            )
+
+    def ancestors(self, j: int) -> list[int]:
+        """Node j and every node it depends on, in decreasing order."""
+        seen = {j}
+        stack = [j]
+        while stack:
+            for a in self.nodes[stack.pop()].args:
+                if a not in seen:
+                    seen.add(a)
+                    stack.append(a)
+        return sorted(seen, reverse=True)
+
+    def size(self, i: int) -> int:
+        return math.prod(self.nodes[i].shape)
