@@ -214,3 +214,76 @@ def test_inf_to_two_every_shift_is_an_upper_bound():
         assert (f >= exact_sq * (1 - 1e-10)).all()
     f_shift = dual_value(m, r.shift)
     assert (r.upper**2 >= f_shift * (1 - 1e-8)).all()
+
+
+# ----------------------------------------------------------------------------------------
+# The probabilistic certificate (Christoffel bound) against eigvalsh
+# ----------------------------------------------------------------------------------------
+
+
+def _clustered(groups: int, n: int, seed: int, sign: float = 1.0) -> torch.Tensor:
+    """Dense symmetric [groups, n, n]: 7 equal top eigenvalues (1.0), then 0.98, then a linear
+    spread down to 0 (times ``sign``: the cluster at the bottom for sign = -1)."""
+    q, _ = torch.linalg.qr(torch.randn(groups, n, n, generator=_gen(seed), dtype=torch.float64))
+    lam = torch.cat([torch.ones(7), torch.tensor([0.98]), torch.linspace(0.95, 0, n - 8)])
+    lam = sign * lam.double()
+    return q @ torch.diag_embed(lam.expand(groups, n)) @ q.transpose(1, 2)
+
+
+def _certificate_failures(trials: int, seed: int, which: str = "largest") -> tuple[int, float]:
+    """Runs (of ``trials``, fresh random starts on 2 matrices) whose certified value lies below
+    the exact value, and the largest certified / exact ratio."""
+    n, groups = 784, 2
+    per = trials // groups
+    mats = _clustered(groups, n, seed, sign=-1.0 if which == "magnitude" else 1.0)
+    exact = top_eigenvalue(mats)
+    if which == "magnitude":
+        exact = torch.linalg.eigvalsh(mats).abs().amax(dim=1)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("gij,gtj->gti", mats, v.reshape(groups, per, n)).reshape(-1, n)
+
+    start = random_start((groups * per, n), torch.zeros((), dtype=torch.float64),
+                         _gen(seed + 1))
+    # a loose stop (2%) keeps the certified value close to the edge it must stay above
+    e = lanczos(matvec, start, which=which, tol=2e-2, max_iter=80, delta=1e-3)
+    ref = exact.repeat_interleave(per)
+    assert (e.value.abs() <= ref * (1 + 1e-12)).all()  # Ritz values never exceed it
+    return int((e.certified < ref).sum()), float((e.certified / ref).max())
+
+
+@pytest.mark.parametrize("which", ["largest", "magnitude"])
+def test_certificate_holds_on_clustered_spectra(which):
+    # delta = 1e-3: at 200 trials the expected number of failures is at most 0.2
+    failures, worst = _certificate_failures(200, 30, which)
+    assert failures <= 3, failures
+    assert worst <= 1.03  # and the certificate is not vacuous
+
+
+def test_certificate_holds_over_1000_trials():
+    # d = 784, 1,000 fresh starts in one batch (a few seconds): fail above 5
+    failures, _ = _certificate_failures(1000, 31)
+    assert failures <= 5, failures
+
+
+def test_certified_top_singular_is_one_sided():
+    j = torch.randn(4, 60, 60, generator=_gen(32), dtype=torch.float64)
+    exact = top_singular_value(j)
+    for mats in (j, (j + j.transpose(1, 2)) / 2):
+        exact = top_singular_value(mats)
+        r = top_singular(DenseOperator(mats), _start(4, 60), delta=1e-3, tol=1e-3)
+        assert (r.upper >= exact).all() and (r.upper <= exact * 1.0011).all()
+        assert (r.sigma <= exact * (1 + 1e-12)).all()
+        assert r.eigen.product is None and r.eigen.certified is not None
+
+
+def test_certificate_of_an_invariant_krylov_space_is_the_ritz_value():
+    # a diagonal matrix with 8 distinct entries: 8 steps span an invariant space, and
+    # lambda_max = theta then holds on the event, up to the floating-point allowance only
+    d = torch.linspace(-1.2, 0.6, 8, dtype=torch.float64).expand(2, 8)
+    e = lanczos(lambda v: d * v, _start(2, 8), tol=1e-12, delta=1e-3)
+    # (within the root search's resolution, 3e-5 of its first step 1e-3 |theta|)
+    assert torch.allclose(e.certified, torch.full((2,), 0.6, dtype=torch.float64), rtol=1e-7)
+    m = lanczos(lambda v: d * v, _start(2, 8), which="magnitude", tol=1e-12, delta=1e-3)
+    assert torch.allclose(m.certified, torch.full((2,), 1.2, dtype=torch.float64), rtol=1e-7)
+    assert (e.certified >= 0.6).all() and (m.certified >= 1.2).all()

@@ -51,6 +51,14 @@ class BoundResult:
     - ``at_x``: region only, the taylor bound at x that region solved first (same solver,
       options and seed as ``method="taylor"``), as its own BoundResult; see
       :func:`attrbound.bounds.taylor_from_region`.
+    - ``operator_norm_ritz``: taylor / region, the Ritz estimate of the same operator-norm
+      value (l2: sigma_max from the Ritz value; l-inf: the weighted dual at the Ritz value),
+      never above the exact value in exact arithmetic; ``operator_norm`` is the certified one.
+    - ``guarantee``: the kind of guarantee of ``euclidean`` in words (docs/design.md
+      section 3.3), e.g. "probability >= 1 - 0.001 over attrbound's random start,
+      linearisation at x"; None when the method does not say.
+    - ``delta``: the failure probability of a probabilistic guarantee (default option 1e-3),
+      None for deterministic bounds and estimates without one.
     """
 
     method: str
@@ -71,6 +79,9 @@ class BoundResult:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     at_x: BoundResult | None = None
+    operator_norm_ritz: Tensor | None = None
+    guarantee: str | None = None
+    delta: float | None = None
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One plain dict (JSON-serialisable) per input."""
@@ -85,6 +96,8 @@ class BoundResult:
         }
         if self.lower is not None:
             cols["operator_norm_lower"] = self.lower
+        if self.operator_norm_ritz is not None:
+            cols["operator_norm_ritz"] = self.operator_norm_ritz
         rows = []
         for i in range(n):
             row: dict[str, Any] = {
@@ -95,6 +108,9 @@ class BoundResult:
                 "surrogate_beta": self.surrogate_beta,
                 "seconds": self.seconds / n,
             }
+            if self.guarantee is not None:
+                row["guarantee"] = self.guarantee
+                row["delta"] = self.delta
             for k, v in cols.items():
                 row[k] = v[i].item()
             if self.source is not None:

@@ -21,13 +21,15 @@ class Option:
     """One keyword of taylor / region: its default and the values it accepts.
 
     ``minimum`` set: an integer >= minimum (bool excluded); ``positive``: a finite number > 0;
-    neither: not checked here. None is accepted when it is the default or ``none_ok`` is set.
+    ``probability``: a number in (0, 1); none of them: not checked here. None is accepted
+    when it is the default or ``none_ok`` is set.
     """
 
     default: Any
     minimum: int | None = None
     positive: bool = False
     none_ok: bool = False
+    probability: bool = False
 
     def check(self, name: str, value: Any) -> None:
         """Raise one sentence when ``value`` is not a valid value of option ``name``."""
@@ -43,6 +45,10 @@ class Option:
             isinstance(value, (int, float)) and math.isfinite(value) and value > 0
         ):
             raise AttrboundError(f"option {name} must be a finite number > 0, got {value!r}.")
+        if self.probability and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+        ):
+            raise AttrboundError(f"option {name} must be a number in (0, 1), got {value!r}.")
 
 
 #: the eigen-solves' options, shared by taylor and region
@@ -52,6 +58,7 @@ SOLVER_SPECS: dict[str, Option] = {
     "dual_steps": Option(10, minimum=0),
     "inner_iter": Option(12, minimum=1),
     "sign_steps": Option(50, minimum=0),
+    "delta": Option(1e-3, probability=True),
     "seed": Option(0),
     "batch_size": Option(None, minimum=1),
 }

@@ -260,6 +260,7 @@ def region_pass(
         converged=torch.where(use, sb.converged, at_x.converged),
         lower=lower,
         operator_norm_v0=pick(sb.v0, at_x.operator_norm_v0),
+        operator_norm_ritz=pick(sb.ritz, at_x.operator_norm_ritz),
     )
     source = [SOURCES[int(c)] if u else SOURCES[0] for c, u in zip(code, use, strict=True)]
     return RegionPass(top, at_x, seconds_x, torch.where(per_example(use, x), best_z, x), source)

@@ -59,6 +59,7 @@ class Solve:
     converged: Tensor
     vector: Tensor  # screening start at nearby points: right singular / sign vector [N, n]
     v0: Tensor | None  # l-inf: sqrt(n) sigma_max [N]
+    ritz: Tensor | None = None  # the Ritz estimate of the same value [N]
 
 
 def solve(
@@ -75,8 +76,10 @@ def solve(
     op = JacobianOperator(attr, z, target)
     start = random_start((z.shape[0], op.n), z, gen)
     if norm == "2":
-        r = top_singular(op, start, tol=opts["tol"], max_iter=opts["max_iter"])
-        return Solve(op.value, r.upper, None, r.iterations, r.converged, r.vector, None)
+        r = top_singular(op, start, tol=opts["tol"], max_iter=opts["max_iter"],
+                         delta=opts["delta"])
+        return Solve(op.value, r.upper, None, r.iterations, r.converged, r.vector, None,
+                     r.sigma)
     d = inf_to_two(
         op, start, tol=opts["tol"], max_iter=opts["max_iter"], dual_steps=opts["dual_steps"],
         inner_iter=opts["inner_iter"], sign_steps=opts["sign_steps"],
@@ -97,12 +100,13 @@ class Estimate:
     converged: Tensor
     lower: Tensor | None = None
     operator_norm_v0: Tensor | None = None
+    operator_norm_ritz: Tensor | None = None
 
     @classmethod
     def of(cls, s: Solve) -> Estimate:
         """The estimate a solve gives at its own points."""
         return cls(s.upper, s.value.flatten(1).norm(dim=1), s.iterations, s.converged, s.lower,
-                   s.v0)
+                   s.v0, s.ritz)
 
     @classmethod
     def cat(cls, parts: list[Estimate]) -> Estimate:
@@ -181,8 +185,22 @@ class Call:
             surrogate_beta=self.beta,
             seconds=seconds,
             extra=extra,
+            operator_norm_ritz=est.operator_norm_ritz,
+            guarantee=guarantee(method, self.opts["delta"], norm),
+            delta=self.opts["delta"],
             **more,
         )
+
+
+def guarantee(method: str, delta: float, norm: str) -> str:
+    """The kind of guarantee of a taylor / region result in words (docs/design.md 3.3)."""
+    if norm == "inf" and method == "taylor":
+        return "estimate: Ritz values plus residual margins (the l-inf dual), linearisation at x"
+    if method == "taylor":
+        return (f"probability >= 1 - {delta:g} over attrbound's random start, "
+                "linearisation at x")
+    return (f"estimate: searched sup of the operator norm over the set (each solve: "
+            f"probability >= 1 - {delta:g} over attrbound's random start)")
 
 
 def prepare(

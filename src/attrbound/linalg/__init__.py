@@ -3,11 +3,14 @@
 - :mod:`attrbound.linalg.operators`: J(z) = dA/dz as a batched linear operator (J v, J^T u,
   J^T J v) and the gradient of u^T J(z) w;
 - :mod:`attrbound.linalg.spectral`: the batched solvers for its operator norms (Lanczos,
-  sigma_max for l2, the inf -> 2 norm for l-inf).
+  sigma_max for l2, the inf -> 2 norm for l-inf);
+- :mod:`attrbound.linalg.certificate`: the probabilistic upper bound on lambda_max from one
+  fresh random-start Lanczos run (docs/design.md section 3.3).
 """
 
 from __future__ import annotations
 
+from attrbound.linalg import certificate
 from attrbound.linalg.operators import (
     DenseOperator,
     JacobianOperator,
@@ -19,6 +22,7 @@ from attrbound.linalg.spectral import (
     InfToTwo,
     LinearOperator,
     Singular,
+    certified_gap,
     default_tol,
     inf_to_two,
     lanczos,
@@ -35,6 +39,8 @@ __all__ = [
     "LinearOperator",
     "Singular",
     "bilinear_gradient",
+    "certificate",
+    "certified_gap",
     "default_tol",
     "inf_to_two",
     "is_symmetric",

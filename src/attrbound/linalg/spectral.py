@@ -26,6 +26,7 @@ certified: these are PRACTICAL bounds (the certified one is ``method="interval"`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from attrbound.geometry import unit
+from attrbound.linalg import certificate
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -50,6 +52,16 @@ class LinearOperator(Protocol):
     def gram(self, v: Tensor) -> Tensor: ...  # J^T J v
 
 
+def certified_gap(dtype: torch.dtype) -> float:
+    """Default relative gap between a certified norm and its Ritz value at which a certifying
+    solve stops (:func:`top_singular`, :func:`attrbound.linalg.inf_to_two`): 5e-3 in float32
+    and lower precisions (about 1e-4 of the value is floating-point allowance there anyway),
+    5e-5 in float64 (a float64 call asks for precision; small problems reach it cheaply).
+    """
+    return 5e-5 if dtype == torch.float64 else 5e-3
+
+
+
 def default_tol(dtype: torch.dtype) -> float:
     """Relative residual tolerance: 1e-6 in float64, 1e-4 in lower precisions.
 
@@ -57,6 +69,12 @@ def default_tol(dtype: torch.dtype) -> float:
     could never be met.
     """
     return 1e-6 if dtype == torch.float64 else 1e-4
+
+
+def round_up(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x cast to ``dtype`` rounding upward (never below x), e.g. a float64 bound to float32."""
+    y = x.to(dtype)
+    return torch.where(y.double() < x, torch.nextafter(y, torch.full_like(y, math.inf)), y)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -80,16 +98,21 @@ class Eigen:
     - ``residual``: ||K u - theta u||_2 (recomputed, not the Lanczos estimate).
     - ``product``: K u [B, n] (reusable by the caller).
     - ``iterations``: Lanczos steps taken (products with K, not counting the final one).
-    - ``converged``: the residual estimate met ``tol * max(|theta|, scale)``, or the Krylov
-      space became invariant (theta is then an exact eigenvalue).
+    - ``converged``: the residual estimate met ``tol * max(|theta|, scale)`` (certifying: the
+      certified value came within ``tol`` of theta), or the Krylov space became invariant
+      (theta is then an exact eigenvalue).
+    - ``certified``: only with ``delta``: an upper bound on lambda_max (``which="largest"``)
+      or on max |lambda| (``"magnitude"``) valid with probability >= 1 - delta over the
+      start vector (:mod:`attrbound.linalg.certificate`); None otherwise.
     """
 
     value: Tensor
     vector: Tensor
     residual: Tensor
-    product: Tensor
+    product: Tensor | None
     iterations: Tensor
     converged: Tensor
+    certified: Tensor | None = None
 
     @property
     def upper(self) -> Tensor:
@@ -106,6 +129,7 @@ def lanczos(
     max_iter: int = 100,
     scale: Tensor | float | None = None,
     restrict: Callable[[Tensor], MatVec] | None = None,
+    delta: float | None = None,
 ) -> Eigen:
     """Extreme eigenpair of a symmetric operator K, batched: Lanczos with full re-orthogonalisation.
 
@@ -131,6 +155,15 @@ def lanczos(
             (default 0: purely relative). Pass the size of K when theta may be near 0.
         restrict: optional; rows (int64 indices into the batch) -> the matvec of those
             examples' K_b only ([len(rows), n] -> [len(rows), n]). Default None (no cutting).
+        delta: None (default) or a probability in (0, 1): CERTIFYING mode. The start must
+            then be a fresh :func:`random_start` drawn independently of K (never a warm
+            start). Example b stops once the Christoffel bound xi_k of
+            :mod:`attrbound.linalg.certificate` (with eta of delta, or of delta / 2 at each
+            end for ``"magnitude"``) lies within ``tol * max(|theta|, scale)`` of theta, and
+            ``certified`` = xi (1 + margin) is returned (with probability >= 1 - delta an
+            upper bound on lambda_max, or on max |lambda|). ``value`` is then the Ritz value
+            of T_k, ``residual`` the Lanczos estimate beta_k |s_k| and ``product`` None (no
+            extra product).
 
     Returns:
         :class:`Eigen`. The tridiagonal eigenproblems are solved in float64.
@@ -165,6 +198,13 @@ def lanczos(
     q_prev = torch.zeros_like(q)
     beta_prev = torch.zeros(b, dtype=q.dtype, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
+    certified = torch.zeros(b, dtype=torch.float64, device=dev)
+    values = torch.zeros(b, dtype=torch.float64, device=dev)
+    residuals = torch.zeros(b, dtype=torch.float64, device=dev)
+    target = 0.0
+    if delta is not None:
+        target = 1.0 / certificate.eta(delta / (2 if which == "magnitude" else 1), n) ** 2
+        allowance = certificate.margin(start.dtype)
 
     for k in range(steps):
         w = apply(q)
@@ -191,15 +231,33 @@ def lanczos(
         theta = evals[rows, pick]
         s = evecs[rows, :, pick]  # [b_live, k+1]
         estimate = beta.double() * s[:, -1].abs()
-        ok = estimate <= tol * torch.maximum(theta.abs(), scale_t[live])
         # breakdown: K q_k lies in the basis up to rounding, the Krylov space is invariant
         invariant = (beta <= tiny) | (beta.double() <= rounding * knorm)
+        if delta is None:
+            ok = estimate <= tol * torch.maximum(theta.abs(), scale_t[live])
+        else:  # phi_0 .. phi_{k+1}; a tiny beta_{k+1} makes phi_{k+1} huge beyond theta
+            count = torch.full((live.shape[0],), k + 1, dtype=torch.long, device=dev)
+            top, bottom = evals[:, -1], evals[:, 0]
+            size = torch.maximum(torch.maximum(top.abs(), bottom.abs()), scale_t[live])
+            a_k, b_k = alphas[:, : k + 1], betas[:, : k + 1]
+            ok = certificate.exceeds(a_k, b_k, count, top + tol * size, target)
+            if which == "magnitude":
+                ok &= certificate.exceeds(a_k, b_k, count, bottom - tol * size, target)
         stop = ~done & (ok | invariant | torch.tensor(k == steps - 1, device=dev))
         if stop.any():
             idx = live[stop]
             vectors[idx] = torch.einsum("bk,kbn->bn", s[stop].to(q.dtype), stack[:, stop])
             iterations[idx] = k + 1
             converged[idx] = (ok | invariant)[stop]
+            values[idx], residuals[idx] = theta[stop], estimate[stop]
+            if delta is not None:
+                a_s, b_s, c_s = a_k[stop], b_k[stop], count[stop]
+                xi = certificate.upper_end(a_s, b_s, c_s, top[stop], size[stop], target)
+                if which == "magnitude":
+                    low = certificate.upper_end(a_s, b_s, c_s, bottom[stop], size[stop],
+                                                target, sign=-1.0)
+                    xi = torch.maximum(xi.abs(), low.abs())
+                certified[idx] = xi + allowance * torch.maximum(xi.abs(), size[stop])
             done |= stop
         if bool(done.all()):
             break
@@ -221,6 +279,10 @@ def lanczos(
             done = done[running]
 
     u = unit(vectors)
+    if delta is not None:
+        dt = start.dtype
+        return Eigen(values.to(dt), u, residuals.to(dt), None, iterations, converged,
+                     round_up(certified, dt))
     ku = matvec(u)
     value = _dot(u, ku)
     residual = (ku - value[:, None] * u).norm(dim=1)
@@ -233,7 +295,9 @@ class Singular:
 
     - ``sigma``: the Ritz estimate of sigma_max(J) (sqrt(theta) of M, or |theta| of a
       symmetric J); never above sigma_max in exact arithmetic.
-    - ``upper``: sigma with the residual margin, sqrt(theta + ||r||) or |theta| + ||r||.
+    - ``upper``: certifying (``delta`` given): the certified value, an upper bound on
+      sigma_max with probability >= 1 - delta over the start vector; otherwise sigma with the
+      residual margin, sqrt(theta + ||r||) or |theta| + ||r|| (an estimate).
     - ``vector``: the right singular vector v [B, n] (unit).
     - ``eigen``: the underlying :class:`Eigen` (of M, or of J when symmetric).
     """
@@ -258,26 +322,40 @@ def top_singular(
     *,
     tol: float | None = None,
     max_iter: int = 100,
+    delta: float | None = None,
 ) -> Singular:
     """sigma_max(J_b) for every example: the l2 -> l2 operator norm, matrix-free.
 
-    General J: Lanczos on M = J^T J (one J v and one J^T u per step), sigma = sqrt(theta),
-    upper = sqrt(theta + ||M u - theta u||). Symmetric J (``op.symmetric``): Lanczos on J itself
-    for the eigenvalue of largest magnitude (one product per step; the Krylov space of J
-    contains that of J^2 at half the cost), sigma = |theta|, upper = |theta| + ||J u - theta u||.
-    ``tol`` is relative to theta (default :func:`default_tol`); see :func:`lanczos`.
+    General J: Lanczos on M = J^T J (one J v and one J^T u per step), sigma = sqrt(theta).
+    Symmetric J (``op.symmetric``): Lanczos on J itself for the eigenvalue of largest
+    magnitude (one product per step; the Krylov space of J contains that of J^2 at half the
+    cost), sigma = |theta|.
+
+    Without ``delta``: upper = sqrt(theta + ||M u - theta u||) or |theta| + ||J u - theta u||
+    (an estimate), stop on the relative residual ``tol`` (default :func:`default_tol`).
+    With ``delta`` (certifying; ``start`` must be a fresh :func:`random_start`): upper =
+    sqrt(xi) of M's certified lambda_max, or the certified max |lambda| of J, valid with
+    probability >= 1 - delta; each example stops once upper <= sigma (1 + tol) (``tol`` is
+    then the relative gap of the NORM, default :func:`certified_gap`).
 
     Shapes: start [B, n] -> fields [B] and vector [B, n].
     """
+    if delta is not None:
+        tol = certified_gap(start.dtype) if tol is None else float(tol)
     if op.symmetric:
         e = lanczos(op.matvec, start, which="magnitude", tol=tol, max_iter=max_iter,
-                    restrict=_restricted(op, "matvec"))
+                    restrict=_restricted(op, "matvec"), delta=delta)
         sigma = e.value.abs()
-        return Singular(sigma, sigma + e.residual, e.vector, e)
-    e = lanczos(op.gram, start, which="largest", tol=tol, max_iter=max_iter,
-                restrict=_restricted(op, "gram"))
+        upper = sigma + e.residual if e.certified is None else e.certified
+        return Singular(sigma, upper, e.vector, e)
+    gap = None if tol is None or delta is None else (1 + tol) ** 2 - 1
+    e = lanczos(op.gram, start, which="largest", tol=gap if delta is not None else tol,
+                max_iter=max_iter, restrict=_restricted(op, "gram"), delta=delta)
     theta = e.value.clamp_min(0)
-    return Singular(theta.sqrt(), (theta + e.residual).sqrt(), e.vector, e)
+    if e.certified is None:
+        return Singular(theta.sqrt(), (theta + e.residual).sqrt(), e.vector, e)
+    upper = round_up(e.certified.double().clamp_min(0).sqrt() * (1 + 1e-15), start.dtype)
+    return Singular(theta.sqrt(), upper, e.vector, e)
 
 
 def _restricted(
