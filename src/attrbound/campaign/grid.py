@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from attrbound import __version__
-from attrbound._validate import check_eps
+from attrbound._validate import check_domain, check_eps
 from attrbound.attributions import NAMES
 from attrbound.bounds import OPTIONS as BOUND_OPTIONS
 from attrbound.errors import AttrboundError, check_choice
@@ -73,8 +73,13 @@ def _as_list(value: Any) -> list[Any]:
 class Grid:
     """What to evaluate: model, inputs, settings and budgets of one campaign.
 
+    Model: ``model`` is an attrbound checkpoint, a torch.export ``.pt2`` archive or
+    ``package.module:factory`` with ``weights`` (a safetensors state dict); ``mean`` / ``std``
+    wrap it as model((x - mean) / std), per channel (:func:`attrbound.intake.load_model`).
     Inputs: ``n`` inputs of ``split`` from index ``start`` of ``dataset`` (default: the one in
-    the checkpoint), bundled subset or the full files under ``root``.
+    the checkpoint), bundled subset or the full files under ``root``; or of ``data``, a
+    safetensors file (``images``, ``labels``) or an image folder, resized to ``size``
+    (:func:`attrbound.intake.load_data`). ``domain``: the input box (lo, hi), default (0, 1).
     Grid: ``attributions`` x ``norms`` x ``eps``; ``attribution_options`` maps a method name to
     its options (e.g. ``{"integrated_gradients": {"steps": 16}}``).
     Methods: ``bounds`` (subset of taylor, region, interval), ``attacks`` (subset of pgd,
@@ -93,8 +98,14 @@ class Grid:
     """
 
     model: str
+    weights: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     dataset: str | None = None
     root: str | None = None
+    data: str | None = None
+    size: tuple[int, int] | None = None
+    domain: tuple[float, float] = (0.0, 1.0)
     split: str = "test"
     n: int = 100
     start: int = 0
@@ -120,6 +131,23 @@ class Grid:
     def __post_init__(self) -> None:
         self.model = str(self.model)
         self.root = None if self.root is None else str(self.root)
+        self.weights = None if self.weights is None else str(self.weights)
+        self.data = None if self.data is None else str(self.data)
+        self.domain = check_domain(_as_list(self.domain))  # type: ignore[assignment]
+        if self.domain is None:
+            raise AttrboundError("the grid's domain must be (lo, hi).")
+        self.size = None if self.size is None else tuple(int(s) for s in _as_list(self.size))
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise AttrboundError(f"size must be (H, W) with H, W >= 1, got {self.size}.")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(float(v) for v in _as_list(value)))
+        if (self.mean is None) != (self.std is None):
+            raise AttrboundError("give both mean and std, or neither.")
+        if self.data is not None and self.dataset is not None:
+            raise AttrboundError("give the inputs as data (a file or folder) or as dataset, "
+                                 "not both.")
         self.attributions = tuple(
             check_choice("attribution method", str(a).lower().replace("-", "_"), NAMES)
             for a in _as_list(self.attributions)
@@ -163,12 +191,19 @@ class Grid:
         """The configurations (attribution, norm, eps), in run order."""
         return [(a, p, e) for a in self.attributions for p in self.norms for e in self.eps]
 
-    def identity(self, model_sha256: str) -> dict[str, Any]:
-        """Every setting that changes the rows: the grid without ``model`` (the file's path)
-        and ``device``, plus the checkpoint's SHA-256 and the package version."""
+    def identity(self, model_sha256: str, data_sha256: str | None = None) -> dict[str, Any]:
+        """Every setting that changes the rows: the grid without the paths of ``model``,
+        ``weights`` and ``data`` and without ``device``, plus the SHA-256 of the model's bytes
+        (checkpoint or archive; for a factory, of its weights, the factory's name staying in
+        ``model_factory``), of the data's bytes when ``data`` is given, and the package
+        version."""
         ident = dataclasses.asdict(self)
-        for key in ("model", "device"):
+        for key in ("model", "device", "weights", "data"):
             ident.pop(key)
+        if self.weights is not None:
+            ident["model_factory"] = self.model
+        if data_sha256 is not None:
+            ident["data_sha256"] = data_sha256
         ident.update({"model_sha256": model_sha256, "version": __version__})
         return json.loads(json.dumps(ident, sort_keys=True))  # tuples -> lists
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from attrbound import data, models
+from attrbound import data, intake
 from attrbound._validate import require_smooth_or_surrogate
 from attrbound.attacks import attack as library_attack
 from attrbound.attributions import attribution
@@ -54,13 +54,20 @@ from attrbound.results import AttackFunction, BoundFunction
 
 def _inputs(grid: Grid, model: nn.Module, images: Tensor | None,
             labels: Tensor | None) -> tuple[Tensor, Tensor, str | None]:
-    """(images [N, *S], labels [N], dataset name) of the grid's split, unless given."""
+    """(images [N, *S], labels [N], dataset name) of the grid's split or its ``data`` file or
+    folder, unless given."""
     dataset = grid.dataset or (getattr(model, "config", {}) or {}).get("dataset")
+    if grid.data is not None:
+        dataset = Path(grid.data).name
     if images is None or labels is None:
-        if not dataset:
-            raise AttrboundError("the checkpoint names no dataset; set the grid's dataset.")
-        dataset = data.canonical_name(dataset)
-        images, labels = data.load(dataset, split=grid.split, root=grid.root)
+        if grid.data is not None:
+            images, labels, _ = intake.load_data(grid.data, size=grid.size, domain=grid.domain)
+        elif not dataset:
+            raise AttrboundError("the model names no dataset; pass --dataset or --data "
+                                 "(the grid's dataset or data).")
+        else:
+            dataset = data.canonical_name(dataset)
+            images, labels = data.load(dataset, split=grid.split, root=grid.root)
     if grid.start >= len(images):
         raise AttrboundError(f"start {grid.start} is past the {len(images)} inputs of the split.")
     return images, labels, dataset
@@ -93,17 +100,18 @@ def prepare(
     version), the bounded map, and the bound / attack functions (default
     :func:`attrbound.bound` and :func:`attrbound.attack`). Checks the checkpoint exists, the
     attribution options and the surrogate before any unit runs."""
-    model_path = Path(grid.model)
-    if not model_path.is_file():
-        raise AttrboundError(f"no model checkpoint at {model_path}.")
-    sha = file_sha256(model_path)
-    if model is None:
-        model = models.load(model_path, device=grid.device)
+    digest_of = Path(grid.weights) if grid.weights is not None else Path(grid.model)
+    if model is None:  # one clear sentence for a missing or unsafe file
+        model = intake.load_model(grid.model, weights=grid.weights, device=grid.device,
+                                  mean=grid.mean, std=grid.std)
+    if not digest_of.is_file():
+        raise AttrboundError(f"no model file at {digest_of}.")
+    sha = file_sha256(digest_of)
     images, labels, dataset = _inputs(grid, model, images, labels)
     bounded = _bounded_map(grid, model, images[grid.start:grid.start + 1].to(grid.device))
     for name in grid.attributions:  # bad options fail here, not in every unit
         attribution(name, model, **grid.attribution_options.get(name, {}))
-    ident = grid.identity(sha)
+    ident = grid.identity(sha, None if grid.data is None else file_sha256(grid.data))
     ident["dataset"] = dataset
     config = {**ident, "config_id": config_id(ident), "model": str(grid.model),
               "torch": torch.__version__}

@@ -149,7 +149,7 @@ def _run_attacks(unit: Unit, ctx: UnitContext, x: Tensor, attr: Attribution,
                 ctx.model, x, eps=unit.eps, norm=unit.norm, attribution=attr, method=method,
                 objective=grid.objective, steps=grid.steps, step_size=grid.step_size,
                 restarts=grid.restarts, k=grid.k, n=grid.samples, seed=unit.seed,
-                surrogate_beta=grid.surrogate_beta,
+                surrogate_beta=grid.surrogate_beta, domain=grid.domain,
             )
         except AttrboundError as exc:
             if ctx.raise_errors:
@@ -188,7 +188,7 @@ def _run_bounds(unit: Unit, ctx: UnitContext, x: Tensor, attr: Attribution,
         try:
             res = ctx.bound_fn(  # type: ignore[misc]
                 ctx.model, x, eps=unit.eps, norm=unit.norm, attribution=attr, method=method,
-                **per_unit, **grid.bound_options.get(method, {}),
+                domain=grid.domain, **per_unit, **grid.bound_options.get(method, {}),
             )
         except AttrboundError as exc:
             if ctx.raise_errors:

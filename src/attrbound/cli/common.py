@@ -11,18 +11,43 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from attrbound import data, models
+from attrbound import data, intake
 from attrbound.campaign import Grid, method_rows, plan_units, prepare, run_units
 from attrbound.errors import AttrboundError
 
+MODEL_HELP = ("attrbound .safetensors checkpoint, torch.export .pt2 archive, or "
+              "package.module:factory (with --weights)")
+
+
+def add_model_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--model, --weights, --mean, --std: the forms of :func:`attrbound.intake.load_model`."""
+    p.add_argument("--model", required=required, default=None, help=MODEL_HELP)
+    p.add_argument("--weights", default=None, metavar="FILE.safetensors",
+                   help="the state dict for --model package.module:factory")
+    p.add_argument("--mean", default=None, metavar="M1,M2,..",
+                   help="per-channel mean: the model runs on (x - mean) / std, so the input "
+                        "domain stays the pixel box")
+    p.add_argument("--std", default=None, metavar="S1,S2,..", help="per-channel std")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--data, --size, --domain: the forms of :func:`attrbound.intake.load_data`."""
+    p.add_argument("--data", default=None, metavar="FILE|DIR",
+                   help="FILE.safetensors with tensors images [N,*S] and labels [N], or an "
+                        "image folder with one subfolder per class; instead of --dataset")
+    p.add_argument("--size", default=None, metavar="H,W", help="resize the --data folder's images")
+    p.add_argument("--domain", default=None, metavar="LO,HI",
+                   help="the input box (default 0,1)")
+
 
 def add_model_data(p: argparse.ArgumentParser, *, n: int = 100) -> None:
-    """--model FILE, --dataset NAME, --root PATH, --split, --n N, --start I, --device."""
-    p.add_argument("--model", required=True, help="safetensors checkpoint (attrbound train)")
+    """The model and data options, --dataset NAME, --root PATH, --split, --n, --start, --device."""
+    add_model_options(p)
     p.add_argument("--dataset", default=None, help="mnist | fashion-mnist | cifar10 "
                    "(default: the dataset stored in the checkpoint)")
     p.add_argument("--root", default=None, help="folder with the full standard dataset files "
                    "(default: the compact copy bundled with attrbound)")
+    add_data_options(p)
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--n", type=int, default=n, help=f"number of inputs (default {n})")
     p.add_argument("--start", type=int, default=0, help="index of the first input (default 0)")
@@ -30,13 +55,21 @@ def add_model_data(p: argparse.ArgumentParser, *, n: int = 100) -> None:
 
 
 def load_model_data(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
-    """(model, images [n,...], labels [n], config) from --model/--dataset/--root/--n/--start."""
-    model = models.load(args.model, device=args.device)
-    config = model.config
-    name = args.dataset or config.get("dataset")
-    if not name:
-        raise AttrboundError("the checkpoint names no dataset; pass --dataset.")
-    images, labels = data.load(name, split=args.split, root=args.root)
+    """(model, images [n,...], labels [n], config) from the model, data, --n and --start
+    options."""
+    model = intake.load_model(args.model, weights=args.weights, device=args.device,
+                              mean=intake.parse_floats(args.mean, "--mean"),
+                              std=intake.parse_floats(args.std, "--std"))
+    config = getattr(model, "config", None) or {}
+    if args.data is not None:
+        images, labels, _ = intake.load_data(
+            args.data, size=intake.parse_size(args.size),
+            domain=intake.parse_domain(args.domain or "0,1"))
+    else:
+        name = args.dataset or config.get("dataset")
+        if not name:
+            raise AttrboundError("the model names no dataset; pass --dataset or --data.")
+        images, labels = data.load(name, split=args.split, root=args.root)
     if args.n < 1 or args.start < 0 or args.start >= len(images):
         raise AttrboundError(
             f"--start {args.start} / --n {args.n} select no inputs of {len(images)}."
@@ -47,8 +80,14 @@ def load_model_data(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor
 
 def grid_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~attrbound.campaign.Grid` fields set by :func:`add_model_data`'s options."""
-    return {"model": args.model, "dataset": args.dataset, "root": args.root,
-            "split": args.split, "n": args.n, "start": args.start, "device": args.device}
+    fields = {"model": args.model, "weights": args.weights,
+              "mean": intake.parse_floats(args.mean, "--mean"),
+              "std": intake.parse_floats(args.std, "--std"), "dataset": args.dataset,
+              "root": args.root, "data": args.data, "size": intake.parse_size(args.size),
+              "split": args.split, "n": args.n, "start": args.start, "device": args.device}
+    if args.domain is not None:
+        fields["domain"] = intake.parse_domain(args.domain)
+    return fields
 
 
 def evaluate_methods(grid: Grid, kind: str, *, progress: bool, desc: str) -> list[dict[str, Any]]:

@@ -35,13 +35,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from attrbound import intake
 from attrbound.campaign import Grid, format_summary, load_toml, run_campaign, summarize
-from attrbound.cli.common import float_list, json_object, name_list
+from attrbound.cli.common import (
+    add_data_options,
+    add_model_options,
+    float_list,
+    json_object,
+    name_list,
+)
 from attrbound.errors import AttrboundError
 
 #: command-line destination -> Grid field
 _FIELDS = {
-    "model": "model", "dataset": "dataset", "root": "root", "split": "split", "n": "n",
+    "model": "model", "weights": "weights", "mean": "mean", "std": "std", "data": "data",
+    "size": "size", "domain": "domain", "dataset": "dataset", "root": "root", "split": "split",
+    "n": "n",
     "start": "start", "attribution": "attributions", "attribution_options":
     "attribution_options", "norm": "norms", "eps": "eps", "bound": "bounds",
     "attack": "attacks", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
@@ -60,11 +69,12 @@ def _methods(text: str) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="TOML",
                    help="grid file (TOML); options given here override it")
-    p.add_argument("--model", default=None, help="safetensors checkpoint (attrbound train)")
+    add_model_options(p, required=False)
     p.add_argument("--dataset", default=None,
                    help="mnist | fashion-mnist | cifar10 (default: the checkpoint's)")
     p.add_argument("--root", default=None, help="folder with the full dataset files "
                    "(default: the bundled subset)")
+    add_data_options(p)
     p.add_argument("--split", default=None, choices=["train", "test"], help="default test")
     p.add_argument("--n", type=int, default=None, help="number of inputs (default 100)")
     p.add_argument("--start", type=int, default=None, help="first input index (default 0)")
@@ -117,6 +127,10 @@ def grid_from_args(args: argparse.Namespace) -> tuple[Grid, str]:
     given["attribution_options"] = json_object(args.attribution_options,
                                                 "--attribution-options")
     given["bound_options"] = json_object(args.bound_options, "--bound-options")
+    given["mean"] = intake.parse_floats(args.mean, "--mean")
+    given["std"] = intake.parse_floats(args.std, "--std")
+    given["size"] = intake.parse_size(args.size)
+    given["domain"] = intake.parse_domain(args.domain)
     for dest, name in _FIELDS.items():
         if given.get(dest) is not None:
             values.pop(dest, None)
