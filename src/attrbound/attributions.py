@@ -10,6 +10,11 @@ With g(z) = grad_z f_t(z), the gradient of the target logit t:
   nodes as Captum's IntegratedGradients with ``method=`` of the same name.
 - ``smoothgrad``:           A(x) = (1/n) sum_k g(x + sigma xi_k), xi_k ~ N(0, I) drawn once
   from ``seed`` (the same noise for every example), so A is a fixed smooth function of x.
+- ``smoothed``:             A(x) = (1/n) sum_k u(x + eta_k), u = a / ||a||_2 the normalised map
+  of a base attribution a, eta_k fixed noise (Gaussian or uniform in an l2 ball): the
+  Monte-Carlo estimate of the smoothed map h that ``attrbound.bound(method="smoothed")``
+  certifies (docs/design.md section 10); differentiated by the smoothing identities, so
+  its derivative needs no second derivative of the model (ReLU models included).
 
 Every map is computed with ``torch.func.grad``, so it can be differentiated again: inside
 ``torch.func.jvp`` / ``vjp`` / ``vmap`` and by ``torch.autograd.grad(create_graph=True)``.
@@ -27,15 +32,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from attrbound import smoothing as smoothing_math
 from attrbound._validate import check_batch
 from attrbound.errors import AttrboundError, check_choice
 
 __all__ = [
     "NAMES", "NODES", "Attribution", "IntegratedGradients", "InputXGradient", "Saliency",
-    "SmoothGrad", "attribution", "check_batch", "integration_nodes", "predict", "resolve_target",
+    "SMOOTHED_BASES", "SmoothGrad", "Smoothed", "attribution", "check_batch",
+    "integration_nodes", "predict", "resolve_target", "unit_map",
 ]
 
-NAMES = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")
+NAMES = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "smoothed")
+#: the base attributions a smoothed map can normalise and average
+SMOOTHED_BASES = ("saliency", "input_x_gradient", "integrated_gradients")
 NODES = ("riemann_middle", "gausslegendre")
 
 
@@ -78,6 +87,9 @@ class Attribution:
     """
 
     name: str = ""
+    #: whether differentiating the map differentiates the model's gradient (so that a
+    #: piecewise-linear model needs its smooth surrogate); False for :class:`Smoothed`
+    needs_model_derivative: bool = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -307,8 +319,171 @@ class SmoothGrad(Attribution):
         return g.reshape((self.n,) + x.shape).mean(dim=0)
 
 
+def unit_map(attr: Attribution, z: Tensor, target: Tensor,
+             dtype: torch.dtype | None = None) -> Tensor:
+    """u(z) = a(z) / ||a(z)||_2 per example (0 where a(z) = 0), for z [N, *S] -> [N, *S];
+    a is computed in z's dtype and normalised in ``dtype`` (default: z's)."""
+    a = attr.attribute(z, target)
+    a = a if dtype is None else a.to(dtype)
+    norm = a.reshape(a.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * (a.dim() - 1))
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    return torch.where(norm > 0, a / safe, torch.zeros_like(a))
+
+
+def _mean_units(attr: Attribution, x: Tensor, target: Tensor, offsets: Tensor,
+                weights: Tensor | None, chunk: int, cotangent: Tensor | None) -> Tensor:
+    """Without weights: (1/n) sum_k u(x + c_k) [B, *S]. With weights w [n, *S] and the
+    cotangent g [B, *S]: (1/n) sum_k <g, u(x + c_k)> w_k [B, *S]. c: offsets [n, *S]."""
+    b, n = x.shape[0], offsets.shape[0]
+    total = torch.zeros_like(x)
+    for lo in range(0, n, chunk):
+        c = offsets[lo : lo + chunk]
+        k = c.shape[0]
+        z = (x.unsqueeze(0) + c.unsqueeze(1)).reshape((k * b,) + x.shape[1:])
+        u = unit_map(attr, z, target.repeat(k)).reshape((k,) + x.shape)
+        if weights is None:
+            total = total + u.sum(dim=0)
+        else:
+            assert cotangent is not None
+            dots = (u * cotangent.unsqueeze(0)).reshape(k, b, -1).sum(dim=2)  # [k, B]
+            w = weights[lo : lo + chunk].reshape(k, 1, -1)
+            total = total + (dots.unsqueeze(2) * w).sum(dim=0).reshape(x.shape)
+    return total / n
+
+
+class _SmoothedMap(torch.autograd.Function):
+    """Forward: the fixed-noise mean of u. Backward (vector-Jacobian product with g): the
+    Monte-Carlo form of the smoothing identities, with the same fixed noise,
+
+        gaussian: grad_x <g, h(x)> = E[<g, u(x + sigma xi)> xi] / sigma
+        uniform:  grad_x <g, h(x)> = (d / r) E_s[<g, u(x + r s)> s],  s uniform on the sphere
+
+    (Stein's identity; the divergence theorem on B(x, r)), which differentiate the smoothed
+    map itself and need only u, never a derivative of u."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, target: Tensor, attr: Smoothed) -> Tensor:  # type: ignore[override]
+        offsets, _, _ = attr.fixed_noise(tuple(x.shape[1:]), x)
+        return _mean_units(attr.base, x, target, offsets, None, attr.chunk(x.shape[0]), None)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, target, attr = inputs
+        ctx.save_for_backward(x, target)
+        ctx.attr = attr
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+        x, target = ctx.saved_tensors
+        attr: Smoothed = ctx.attr
+        _, points, weights = attr.fixed_noise(tuple(x.shape[1:]), x)
+        g = _mean_units(attr.base, x, target, points, weights, attr.chunk(x.shape[0]), grad)
+        return g, None, None
+
+
+class Smoothed(Attribution):
+    """A(x) = (1/n) sum_k u(x + eta_k), u = a / ||a||_2, with FIXED noise eta_k (drawn once).
+
+    The Monte-Carlo estimate, with n = ``samples`` fixed draws, of the smoothed attribution
+    h(x) = E[u(x + eta)] that ``attrbound.bound(..., method="smoothed")`` certifies
+    (docs/design.md section 10): an attack on this map attacks (an estimate of) that h.
+    Its derivative (autograd and ``torch.func.grad``; not ``torch.func.jvp``) is the
+    smoothing identities' estimate with the same noise (:class:`_SmoothedMap`), so a ReLU
+    model's map, whose own derivative is zero almost everywhere, can still be attacked.
+
+    Options: ``base`` a in :data:`SMOOTHED_BASES` (default "saliency") with its options in
+    ``base_options`` (e.g. {"steps": 16} for integrated gradients); ``smoothing``
+    "gaussian" (eta ~ N(0, sigma^2 I), the default) or "uniform" (eta uniform in the l2 ball
+    of radius sigma); ``sigma`` (default 0.25, input units); ``samples`` n (default 32);
+    ``seed`` (default 0): xi ~ N(0, I) [n, *S] (and for uniform the radii) are drawn in
+    float64 from ``torch.Generator().manual_seed(seed)`` on the CPU, the same for every
+    example and call, then moved to x's device and dtype; ``internal_batch_size`` (default
+    None: all points of a batch in one pass; otherwise at most that many points x + eta_k per
+    pass, at least one sample of the batch). The backward pass of the uniform map evaluates u
+    at the sphere points x + sigma s_k, n more evaluations.
+    """
+
+    name = "smoothed"
+    needs_model_derivative = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        base: str = "saliency",
+        smoothing: str = "gaussian",
+        sigma: float = 0.25,
+        samples: int = 32,
+        seed: int = 0,
+        base_options: dict[str, Any] | None = None,
+        internal_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(model)
+        key = str(base).lower().replace("-", "_")
+        check_choice("base attribution of smoothed", key, SMOOTHED_BASES)
+        self.smoothing = check_choice("smoothing", str(smoothing).lower(),
+                                      smoothing_math.SMOOTHINGS)
+        self.sigma = smoothing_math.check_sigma(sigma)
+        self.samples = smoothing_math.check_samples(samples)
+        if internal_batch_size is not None and int(internal_batch_size) < 1:
+            raise AttrboundError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
+        self.seed, self.internal_batch_size = int(seed), internal_batch_size
+        self.base = attribution(key, model, **(base_options or {}))
+        self._noise: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+
+    @property
+    def evaluations(self) -> int:
+        return self.samples * self.base.evaluations
+
+    def options(self) -> dict[str, Any]:
+        return {"base": self.base.name, "smoothing": self.smoothing, "sigma": self.sigma,
+                "samples": self.samples, "seed": self.seed,
+                "base_options": self.base.options(),
+                "internal_batch_size": self.internal_batch_size}
+
+    def with_model(self, model: nn.Module) -> Attribution:
+        other = copy.copy(self)
+        other.model = model
+        other.base = self.base.with_model(model)
+        return other
+
+    def for_rows(self, rows: Tensor, shape: tuple[int, ...]) -> Attribution:
+        base = self.base.for_rows(rows, shape)
+        if base is self.base:
+            return self
+        other = copy.copy(self)
+        other.base = base
+        return other
+
+    def chunk(self, batch: int) -> int:
+        """Samples per pass for a batch of ``batch`` examples."""
+        if self.internal_batch_size is None:
+            return self.samples
+        return max(1, min(self.samples, self.internal_batch_size // batch))
+
+    def fixed_noise(self, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(offsets eta [n, *S], backward points [n, *S], backward weights [n, *S]) in
+        like's device and dtype: gaussian (sigma xi, sigma xi, xi / sigma), uniform
+        (eta, sigma s, (d / sigma) s)."""
+        if shape not in self._noise:
+            gen = torch.Generator().manual_seed(self.seed)
+            self._noise[shape] = smoothing_math.draw_noise(
+                self.smoothing, self.sigma, self.samples, shape, gen, "cpu", torch.float64)
+        eta, s = self._noise[shape]
+        if self.smoothing == "gaussian":
+            points, weights = eta, eta / self.sigma**2
+        else:
+            points, weights = self.sigma * s, (math.prod(shape) / self.sigma) * s
+        return tuple(t.to(device=like.device, dtype=like.dtype)  # type: ignore[return-value]
+                     for t in (eta, points, weights))
+
+    def attribute(self, x: Tensor, target: Tensor) -> Tensor:
+        return _SmoothedMap.apply(x, target, self)
+
+
 _CLASSES: dict[str, type[Attribution]] = {
-    c.name: c for c in (Saliency, InputXGradient, IntegratedGradients, SmoothGrad)
+    c.name: c for c in (Saliency, InputXGradient, IntegratedGradients, SmoothGrad, Smoothed)
 }
 
 
@@ -317,7 +492,9 @@ def attribution(name: str | Attribution, model: nn.Module, **options: Any) -> At
 
     ``name`` is one of ``saliency``, ``input_x_gradient``, ``integrated_gradients``
     (options ``steps=32``, ``baseline=None``, ``nodes="riemann_middle"``,
-    ``internal_batch_size=None``) or ``smoothgrad`` (``n=16``, ``sigma=0.1``, ``seed=0``).
+    ``internal_batch_size=None``), ``smoothgrad`` (``n=16``, ``sigma=0.1``, ``seed=0``) or
+    ``smoothed`` (``base="saliency"``, ``smoothing="gaussian"``, ``sigma=0.25``,
+    ``samples=32``, ``seed=0``, ``base_options=None``; :class:`Smoothed`).
     An existing :class:`Attribution` is rebound to ``model`` (options must then be empty).
 
     Example::

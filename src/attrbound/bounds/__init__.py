@@ -13,6 +13,8 @@ taylor's and region's are the ``run`` of their module):
   ||J(z)||_{p->2}, the sup estimated by a search of P(x); its first solve is taylor's, kept as
   ``BoundResult.at_x`` (:func:`taylor_from_region`).
 - ``interval`` (4): certified, by bound propagation (:mod:`attrbound.interval`).
+- ``smoothed`` (10): certified for the smoothed map h = E[u(x + eta)] of the normalised base
+  attribution, any model (:mod:`attrbound.bounds.smoothed`).
 
 taylor and region are PRACTICAL bounds: their eigen-solves return Ritz values plus residual
 margins (see :mod:`attrbound.linalg.spectral`), and region's sup is an estimate, so neither is
@@ -33,7 +35,7 @@ from attrbound import interval
 from attrbound._validate import check_batch, check_domain, check_eps
 from attrbound.attributions import Attribution
 from attrbound.attributions import attribution as make_attribution
-from attrbound.bounds import region, taylor
+from attrbound.bounds import region, smoothed, taylor
 from attrbound.bounds.options import OPTIONS, REGION_OPTIONS, SOLVER_OPTIONS
 from attrbound.bounds.solve import POINTS_PER_PASS, POINTS_PER_PASS_CPU, default_batch_size
 from attrbound.errors import AttrboundError, check_choice
@@ -66,7 +68,8 @@ def _interval(
 
 #: the bound methods by name, in the order they are listed to users
 METHODS: Mapping[str, BoundMethod] = MappingProxyType(
-    {"taylor": taylor.run, "region": region.run, "interval": _interval}
+    {"taylor": taylor.run, "region": region.run, "interval": _interval,
+     "smoothed": smoothed.run}
 )
 
 
@@ -136,6 +139,9 @@ def bound(
             refine w by power (l2) or sign (l-inf) iteration steps at z).
 
     Options of interval: see :func:`attrbound.interval.interval_bound`.
+
+    Options of smoothed (``smoothing``, ``sigma``, ``samples``, ``alpha``, ``seed``,
+    ``batch_size``): see :mod:`attrbound.bounds.smoothed`.
 
     Returns:
         :class:`BoundResult` with euclidean = eps * operator_norm, cosine, attr_norm = ||A(x)||,

@@ -55,8 +55,8 @@ class Option:
 SOLVER_SPECS: dict[str, Option] = {
     "tol": Option(None, positive=True),
     "max_iter": Option(100, minimum=1),
-    "dual_steps": Option(10, minimum=0),
-    "inner_iter": Option(12, minimum=1),
+    "dual_steps": Option(100, minimum=0),
+    "inner_iter": Option(20, minimum=1),
     "sign_steps": Option(50, minimum=0),
     "delta": Option(1e-3, probability=True),
     "seed": Option(0),
@@ -86,6 +86,7 @@ OPTIONS: dict[str, frozenset[str]] = {
     "taylor": frozenset(SOLVER_OPTIONS),
     "region": frozenset(SOLVER_OPTIONS) | frozenset(REGION_OPTIONS),
     "interval": INTERVAL_OPTIONS,
+    "smoothed": frozenset({"smoothing", "sigma", "samples", "alpha", "seed", "batch_size"}),
 }
 
 
