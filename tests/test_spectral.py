@@ -11,6 +11,7 @@ from helpers.references import (
     inf_to_two_enumerated,
     top_eigenvalue,
     top_singular_value,
+    weighted_dual_value,
 )
 
 from attrbound import models
@@ -23,6 +24,7 @@ from attrbound.linalg import (
     random_start,
     sign_iteration,
     top_singular,
+    weighted_bound,
 )
 
 
@@ -282,8 +284,35 @@ def test_certificate_of_an_invariant_krylov_space_is_the_ritz_value():
     # lambda_max = theta then holds on the event, up to the floating-point allowance only
     d = torch.linspace(-1.2, 0.6, 8, dtype=torch.float64).expand(2, 8)
     e = lanczos(lambda v: d * v, _start(2, 8), tol=1e-12, delta=1e-3)
-    # (within the root search's resolution, 3e-5 of its first step 1e-3 |theta|)
+    # (within the root search's resolution)
     assert torch.allclose(e.certified, torch.full((2,), 0.6, dtype=torch.float64), rtol=1e-7)
     m = lanczos(lambda v: d * v, _start(2, 8), which="magnitude", tol=1e-12, delta=1e-3)
     assert torch.allclose(m.certified, torch.full((2,), 1.2, dtype=torch.float64), rtol=1e-7)
     assert (e.certified >= 0.6).all() and (m.certified >= 1.2).all()
+
+
+# ----------------------------------------------------------------------------------------
+# The weighted (PSD) dual: valid for every w > 0
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [9, 16])
+def test_weighted_dual_is_above_the_enumerated_maximum_for_any_weights(d):
+    b = 6
+    g = _gen(40 + d)
+    j = torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    j[:3] = j[:3] * torch.linspace(0.01, 3.0, d, dtype=torch.float64)  # uneven columns
+    m = j.transpose(1, 2) @ j
+    exact = inf_to_two_enumerated(j)  # max over the 2^d sign vectors of ||J s||
+    for trial in range(4):
+        w = torch.exp(4 * torch.randn(b, d, generator=g, dtype=torch.float64))  # arbitrary w
+        dense = weighted_dual_value(m, w)
+        assert (dense >= exact**2 * (1 - 1e-12)).all()  # the inequality itself
+        upper, ritz, e = weighted_bound(DenseOperator(j), w, _start(b, d, seed=50 + trial),
+                                        delta=1e-3)
+        assert (upper >= exact).all(), (upper, exact)  # the certified value
+        assert (upper >= dense.sqrt()).all()
+        assert (ritz <= dense.sqrt() * (1 + 1e-10)).all()
+    r = inf_to_two(DenseOperator(j), _start(b, d))
+    assert (r.upper >= exact).all() and (r.lower <= exact * (1 + 1e-12)).all()
+    assert (r.weights > 0).all()

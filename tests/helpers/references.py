@@ -382,7 +382,7 @@ __all__ = [
     "inf_to_two_enumerated", "integrated_gradients_by_loop", "jacobian_by_rows", "map_jacobian",
     "maps_at", "max_deviation", "plain_deviations", "plain_pgd", "project_ball", "set_points",
     "sign_vectors", "smoothgrad_by_loop", "top_eigenvalue", "top_singular_value",
-    "uniform_ball", "vertex_max_deviation",
+    "uniform_ball", "vertex_max_deviation", "weighted_dual_value",
 ]
 
 
@@ -410,3 +410,13 @@ def cosine_at_least(maps: Tensor, a: Tensor, bound: Tensor) -> Tensor:
         else:
             ok[p, b] = c < 0 and dot * dot <= scale
     return ok
+
+
+def weighted_dual_value(m: Tensor, w: Tensor) -> Tensor:
+    """(sum_i w_i) * lambda_max(W^{-1/2} M W^{-1/2}) by a dense eigendecomposition.
+
+    m: symmetric PSD [B, n, n], w > 0 [B, n] -> [B]. For every w > 0 it is >= max_s s^T M s
+    = ||J||_{inf->2}^2 (the weighted, PSD form of the dual).
+    """
+    r = w.rsqrt()
+    return w.sum(dim=1) * top_eigenvalue(r[:, :, None] * m * r[:, None, :])

@@ -80,11 +80,14 @@ def solve(
                          delta=opts["delta"])
         return Solve(op.value, r.upper, None, r.iterations, r.converged, r.vector, None,
                      r.sigma)
+    fresh = random_start((z.shape[0], op.n), z, gen)  # the certifying run's own start
     d = inf_to_two(
-        op, start, tol=opts["tol"], max_iter=opts["max_iter"], dual_steps=opts["dual_steps"],
-        inner_iter=opts["inner_iter"], sign_steps=opts["sign_steps"],
+        op, start, certify_start=fresh, tol=opts["tol"], max_iter=opts["max_iter"],
+        dual_steps=opts["dual_steps"], inner_iter=opts["inner_iter"],
+        sign_steps=opts["sign_steps"], delta=opts["delta"],
     )
-    return Solve(op.value, d.upper, d.lower, d.iterations, d.converged, d.sign, d.upper_v0)
+    return Solve(op.value, d.upper, d.lower, d.iterations, d.converged, d.sign, d.upper_v0,
+                 d.ritz)
 
 
 @dataclass
@@ -194,8 +197,6 @@ class Call:
 
 def guarantee(method: str, delta: float, norm: str) -> str:
     """The kind of guarantee of a taylor / region result in words (docs/design.md 3.3)."""
-    if norm == "inf" and method == "taylor":
-        return "estimate: Ritz values plus residual margins (the l-inf dual), linearisation at x"
     if method == "taylor":
         return (f"probability >= 1 - {delta:g} over attrbound's random start, "
                 "linearisation at x")

@@ -3,7 +3,9 @@
 - :mod:`attrbound.linalg.operators`: J(z) = dA/dz as a batched linear operator (J v, J^T u,
   J^T J v) and the gradient of u^T J(z) w;
 - :mod:`attrbound.linalg.spectral`: the batched solvers for its operator norms (Lanczos,
-  sigma_max for l2, the inf -> 2 norm for l-inf);
+  sigma_max for l2, the sign iteration);
+- :mod:`attrbound.linalg.weighted`: ||J||_{inf->2} by the certified weighted (PSD) dual with
+  weights from a Krylov surrogate's SDP, and the sign iteration from its roundings;
 - :mod:`attrbound.linalg.certificate`: the probabilistic upper bound on lambda_max from one
   fresh random-start Lanczos run (docs/design.md section 3.3).
 """
@@ -19,17 +21,16 @@ from attrbound.linalg.operators import (
 )
 from attrbound.linalg.spectral import (
     Eigen,
-    InfToTwo,
     LinearOperator,
     Singular,
     certified_gap,
     default_tol,
-    inf_to_two,
     lanczos,
     random_start,
     sign_iteration,
     top_singular,
 )
+from attrbound.linalg.weighted import InfToTwo, inf_to_two, weighted_bound
 
 __all__ = [
     "DenseOperator",
@@ -48,4 +49,5 @@ __all__ = [
     "random_start",
     "sign_iteration",
     "top_singular",
+    "weighted_bound",
 ]

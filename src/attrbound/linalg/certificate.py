@@ -106,14 +106,14 @@ def upper_end(
 ) -> Tensor:
     """xi = the t beyond theta (sign = +1: above the top Ritz value; -1: below the bottom one)
     where C(t) reaches ``target`` = 1 / eta^2, from above: returns a t with C(t) >= target,
-    within (3e-5 of) its distance from theta of the root.
+    within 2 * 32^-3 (6e-5) of its distance from theta of the root.
 
     theta, scale: float64 [B] (scale > 0 sets the first step, e.g. |theta|). The bracket grows
     by doubling until C >= target, then shrinks by ``rounds`` multisections of ``sections``
     points (C is monotone beyond theta, module docstring). Returns [B].
     """
     scale = scale.clamp_min(torch.finfo(torch.float64).tiny)
-    gap = 1e-3 * scale
+    gap = 1e-6 * scale
     hi_ok = torch.zeros_like(theta, dtype=torch.bool)
     for _ in range(200):
         hi_ok = exceeds(alphas, betas, count, theta + sign * gap, target)

@@ -10,18 +10,14 @@ examples together, converging and reporting per example.
   (recomputed with one more product).
 - :func:`top_singular`: sigma_max(J), the l2 -> l2 norm, by Lanczos on M = J^T J, or on J
   itself when J is symmetric (saliency, smoothgrad: J is a Hessian or a mean of Hessians).
-- :func:`sign_iteration`: s <- sign(M s), a feasible (lower) value of the inf -> 2 norm.
-- :func:`inf_to_two`: ||J||_{inf->2} = sqrt(max_{s in {-1,1}^n} s^T M s) from above by the
-  dual  min_v [ n * lambda_max(M - diag(v)) + sum_i v_i ]  (subgradient steps on v) and from
-  below by the sign iteration.
+- :func:`sign_iteration`: s <- sign(M s), a feasible (lower) value of the inf -> 2 norm
+  (the l-inf dual is in :mod:`attrbound.linalg.weighted`).
 
-About "upper": a Krylov eigen-solver returns a Ritz value theta <= lambda_max. The solvers
-here report theta + ||r|| (r the residual of the Ritz vector) wherever an upper estimate is
-needed. For symmetric K, [theta - ||r||, theta + ||r||] always contains SOME eigenvalue; it is
-an upper bound on lambda_max when that eigenvalue is lambda_max itself, i.e. when Lanczos has
-found the top of the spectrum and not an interior eigenvalue. From a random start that
-holds with probability 1 in exact arithmetic once the residual is small, but it is not
-certified: these are PRACTICAL bounds (the certified one is ``method="interval"``).
+About "upper": a Krylov eigen-solver returns a Ritz value theta <= lambda_max. Without
+``delta``, theta + ||r|| (r the residual of the Ritz vector) is an ESTIMATE: it brackets SOME
+eigenvalue, not necessarily lambda_max. With ``delta`` (a fresh uniform random start), the
+Christoffel bound of :mod:`attrbound.linalg.certificate` is an upper bound on lambda_max with
+probability >= 1 - delta over that start, for every matrix.
 """
 
 from __future__ import annotations
@@ -419,152 +415,14 @@ def sign_iteration(
     return s, val.clamp_min(0).sqrt(), steps
 
 
-@dataclass
-class InfToTwo:
-    """Result of :func:`inf_to_two`, per example ([B]).
-
-    - ``upper``: sqrt(min over the tried v of n (theta_v + ||r_v||) + sum_i v_i), including
-      v = 0 (which is sqrt(n) times the top singular value with margin).
-    - ``lower``: sqrt(s^T M s) = ||J s||_2 for the best sign vector s found (feasible).
-    - ``upper_v0``: the v = 0 value sqrt(n (theta_0 + ||r_0||)), i.e. sqrt(n) * sigma_max.
-    - ``sign``: that s [B, n]; ``shift``: the v [B, n] of the final dual evaluation.
-    - ``iterations``/``converged``: of the final (tight) eigen-solve at that v (or at v = 0
-      when it gave the smaller value); ``products``: products with M in total (all solves,
-      sign iterations, dual steps).
-    """
-
-    upper: Tensor
-    lower: Tensor
-    upper_v0: Tensor
-    sign: Tensor
-    shift: Tensor
-    iterations: Tensor
-    converged: Tensor
-    products: Tensor
-
-
-def inf_to_two(
-    op: LinearOperator,
-    start: Tensor,
-    *,
-    tol: float | None = None,
-    max_iter: int = 100,
-    dual_steps: int = 10,
-    inner_iter: int = 12,
-    sign_steps: int = 50,
-) -> InfToTwo:
-    """||J_b||_{inf->2} from above (dual) and below (sign iteration), batched.
-
-    For every s in {-1, 1}^n and every v in R^n,
-        s^T M s = s^T (M - diag(v)) s + sum_i v_i <= n lambda_max(M - diag(v)) + sum_i v_i,
-    so F(v) = n lambda_max(M - diag(v)) + sum_i v_i bounds max_s s^T M s from above for ANY v
-    (v = 0: n sigma_max^2). F is convex; its subgradient is 1 - n u^2 (u the unit top
-    eigenvector of M - diag(v)) and it is invariant to v -> v + c 1. The solver:
-
-    1. Lanczos on M (v = 0) to ``tol``: F(0) with margin, and u_0;
-    2. sign iteration from sign(u_0): a feasible s with L = s^T M s <= max_s s^T M s;
-    3. start the dual at the certificate of s, v_i = s_i (M s)_i: then (M - diag(v)) s = 0,
-       and F(v) = L exactly (s is optimal) whenever M - diag(v) has no positive eigenvalue;
-    4. ``dual_steps`` subgradient steps v <- v - 2/(t+2) (F_t - L) / ||g_t||^2 g_t (Polyak's
-       step towards the target L, damped), each eigen-solve warm-started from the previous u
-       with ``inner_iter`` Lanczos steps at 10x the tolerance (any v is valid: these steps
-       only choose v);
-    5. one tight Lanczos solve (``tol``, ``max_iter``) at the best v seen; its
-       F(v) = n (theta + ||r||) + sum v is compared with F(0), and the smaller is returned;
-    6. one more sign iteration from sign(u) of the final solve; the better s is kept.
-
-    M - diag(v) is indefinite, so the eigen-solves are Lanczos for the LARGEST ALGEBRAIC
-    eigenvalue (a power iteration would find the largest magnitude). The margin ||r|| makes
-    theta + ||r|| an upper estimate of lambda_max only when Lanczos has found the top of the
-    spectrum (module docstring): the result is a practical, not a certified, bound. For PSD M
-    the optimal v is within a factor pi/2 of the true maximum (the SDP relaxation,
-    Nesterov 1998); the few subgradient steps close most of the gap between v = 0 and the
-    sign iteration's value (upper/lower ratios and costs in benchmarks/RESULTS.md).
-
-    The final solve keeps ``tol`` (relative to lambda_max(M)) although near the optimum the
-    top of M - diag(v) is a cluster, where the Ritz value settles fast and the residual
-    slowly: a looser stop can end on the cluster's second eigenvalue, and the value then
-    falls under the maximum it must bound.
-
-    Args:
-        op: the operator (``op.gram`` applies M); start: [B, n] nonzero start vectors.
-        tol, max_iter: of the tight solves (default :func:`default_tol`, 100).
-        dual_steps: subgradient steps on v (default 10; 0 gives the v = 0 bound).
-        inner_iter: Lanczos steps per subgradient step (default 12).
-        sign_steps: most sign-iteration steps per run (default 50).
-
-    Returns:
-        :class:`InfToTwo` (values are of the inf -> 2 norm itself, i.e. square roots).
-    """
-    tol = default_tol(start.dtype) if tol is None else float(tol)
-    n = start.shape[1]
-    e0 = lanczos(op.gram, start, tol=tol, max_iter=max_iter, restrict=_restricted(op, "gram"))
-    products = e0.iterations + 1
-    lam0 = e0.value.clamp_min(0)
-    f0 = n * (lam0 + e0.residual)
-    s, low, st = sign_iteration(op.gram, e0.vector, max_steps=sign_steps)
-    products = products + st + 1
-    if dual_steps <= 0:
-        return InfToTwo(
-            upper=torch.maximum(f0.sqrt(), low), lower=low, upper_v0=f0.sqrt(), sign=s,
-            shift=torch.zeros_like(start), iterations=e0.iterations, converged=e0.converged,
-            products=products,
-        )
-    low2 = low**2
-    scale = lam0.double()
-
-    def shifted(v: Tensor, u: Tensor, iters: int, t: float) -> Eigen:
-        return lanczos(lambda q: op.gram(q) - v * q, u, tol=t, max_iter=iters, scale=scale,
-                       restrict=_restricted(op, "gram", v))
-
-    v = s * op.gram(s)  # the certificate of s
-    products = products + 1
-    best_v, best_f, u = v, n * e0.value, e0.vector  # Ritz-based values only steer
-    f_cur = best_f
-    for t in range(int(dual_steps) + 1):
-        if t > 0:
-            g = 1 - n * u**2
-            gn2 = _dot(g, g).clamp_min(torch.finfo(g.dtype).tiny)
-            v = v - (2.0 / (t + 1)) * ((f_cur - low2).clamp_min(0) / gn2)[:, None] * g
-        e = shifted(v, u, inner_iter, 10 * tol)
-        products = products + e.iterations + 1
-        f_cur = n * e.value + v.sum(dim=1)
-        u = e.vector
-        better = f_cur < best_f
-        best_f = torch.where(better, f_cur, best_f)
-        best_v = torch.where(better[:, None], v, best_v)
-
-    ef = shifted(best_v, u, max_iter, tol)
-    products = products + ef.iterations + 1
-    f_final = n * (ef.value + ef.residual) + best_v.sum(dim=1)
-    use = f_final < f0
-    upper2 = torch.where(use, f_final, f0)
-    s2, low_b, st2 = sign_iteration(op.gram, ef.vector, max_steps=sign_steps)
-    products = products + st2 + 1
-    better = low_b > low
-    s = torch.where(better[:, None], s2, s)
-    low = torch.where(better, low_b, low)
-    # lower <= upper holds in exact arithmetic; rounding could only break it by float noise
-    return InfToTwo(
-        upper=torch.maximum(upper2.clamp_min(0).sqrt(), low),
-        lower=low,
-        upper_v0=f0.sqrt(),
-        sign=s,
-        shift=torch.where(use[:, None], best_v, torch.zeros_like(best_v)),
-        iterations=torch.where(use, ef.iterations, e0.iterations),
-        converged=torch.where(use, ef.converged, e0.converged),
-        products=products,
-    )
-
-
 __all__ = [
     "Eigen",
-    "InfToTwo",
     "LinearOperator",
     "Singular",
+    "certified_gap",
     "default_tol",
-    "inf_to_two",
     "lanczos",
+    "round_up",
     "random_start",
     "sign_iteration",
     "top_singular",

@@ -1,0 +1,300 @@
+"""||J||_{inf->2} from above by the weighted (PSD) dual, certified, and from below by signs.
+
+docs/design.md sections 3.1 and 3.3. With M = J^T J and any weights w > 0, W = diag(w):
+for s in {-1, 1}^n, s^T M s = (W^{1/2} s)^T B_w (W^{1/2} s) <= lambda_max(B_w) ||W^{1/2} s||^2,
+B_w = W^{-1/2} M W^{-1/2}, and ||W^{1/2} s||^2 = sum_i w_i, so
+
+    ||J||_{inf->2}^2 = max_s s^T M s <= (sum_i w_i) * lambda_max(B_w)       for EVERY w > 0.
+
+(Its minimum over w is the SDP value max {<M, X> : X PSD, diag X = 1}: v = lambda w is
+dual-feasible, diag(v) >= M.) Any w is valid, so w is chosen without extra products:
+
+1. sketch: ``sketch_steps`` Lanczos steps on M from ``start`` give Q_{k+1} [n, k+1] and
+   T~ [(k+1), k] with M Q_k = Q_{k+1} T~; the same run certifies lambda_max(M) (the v = 0
+   bound n lambda_max(M), with delta / 2);
+2. surrogate: M^ = Q_{k+1} T~ T_k^+ T~^T Q_{k+1}^T + tau (I - Q_{k+1} Q_{k+1}^T) (Nystrom
+   form of M on the Krylov space, tau = theta_{floor(k/2)}(T_k), about lambda_{k+1});
+3. the SDP on M^ by Burer-Monteiro, V [n, r] with unit rows, V <- rownormalise(M^ V)
+   (monotone for PSD M^; ``dual_steps`` iterations, O(n k r) each, no products with M); the
+   weights are its dual guess w_i = ||(M^ V)_i|| (floored at 1e-6 of their mean);
+4. lower value: the best of random-hyperplane roundings sign(V g) and sign(top Ritz vector),
+   ranked on M^, then the sign iteration on M (a feasible s, ||J s|| <= ||J||_{inf->2});
+5. certificate: a FRESH random-start Lanczos run on B_w (never warm-started; it must be
+   independent of ``start``, from which w was chosen) to the Christoffel bound with delta / 2
+   (:mod:`attrbound.linalg.certificate`), stopped once within ``tol`` of its Ritz value.
+
+upper = min(sqrt(sum w * xi_w), sqrt(n * xi_M)): both hold together with probability
+>= 1 - delta (union bound over the two runs), for every J, over attrbound's random starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attrbound.linalg import certificate
+from attrbound.linalg.spectral import (
+    Eigen,
+    LinearOperator,
+    MatVec,
+    _restricted,
+    certified_gap,
+    lanczos,
+    random_start,
+    round_up,
+    sign_iteration,
+)
+
+
+@dataclass
+class Sketch:
+    """A fixed-step Lanczos run on M: basis [B, k+1, n], alphas / betas float64 [B, k]
+    (column j-1: alpha_j, beta_j), the top Ritz value ``ritz`` and the certified
+    lambda_max(M) [B]."""
+
+    basis: Tensor
+    alphas: Tensor
+    betas: Tensor
+    ritz: Tensor
+    certified: Tensor
+
+
+def sketch(gram: MatVec, start: Tensor, steps: int, delta: float) -> Sketch:
+    """``steps`` (at most n) Lanczos steps with full re-orthogonalisation on M from ``start``
+    (uniform random, so the run also certifies lambda_max(M) with probability >= 1 - delta).
+    An example whose Krylov space becomes invariant continues with zero vectors."""
+    b, n = start.shape
+    k = max(1, min(int(steps), n))
+    q = start / start.norm(dim=1, keepdim=True)
+    basis = q.new_zeros((b, k + 1, n))
+    basis[:, 0] = q
+    alphas = torch.zeros(b, k, dtype=torch.float64, device=start.device)
+    betas = torch.zeros_like(alphas)
+    count = torch.full((b,), k, dtype=torch.long, device=start.device)
+    knorm = torch.zeros(b, dtype=torch.float64, device=start.device)
+    q_prev, beta_prev = torch.zeros_like(q), torch.zeros(b, dtype=q.dtype, device=q.device)
+    dead = torch.zeros(b, dtype=torch.bool, device=start.device)
+    rounding = torch.finfo(start.dtype).eps
+    for j in range(k):
+        w = gram(q)
+        alpha = (w * q).sum(dim=1)
+        w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
+        for _ in range(2):
+            w = w - torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", basis[:, : j + 1], w),
+                                 basis[:, : j + 1])
+        beta = w.norm(dim=1)
+        alphas[:, j] = torch.where(dead, 0.0, alpha.double())
+        betas[:, j] = torch.where(dead, 0.0, beta.double())
+        knorm = torch.maximum(knorm, alpha.double().abs() + beta.double())
+        newly = ~dead & (beta.double() <= rounding * knorm)
+        count = torch.where(newly, j + 1, count)
+        dead |= newly
+        q_prev, beta_prev = q, torch.where(dead, torch.zeros_like(beta), beta)
+        q = torch.where(dead[:, None], torch.zeros_like(w), w / beta.clamp_min(1e-300)[:, None])
+        basis[:, j + 1] = q
+    target = 1.0 / certificate.eta(delta, n) ** 2
+    t = _tridiagonal(alphas, betas)
+    top = torch.linalg.eigvalsh(t)[:, -1]
+    size = top.abs().clamp_min(1e-300)
+    xi = certificate.upper_end(alphas, betas, count, top, size, target)
+    xi = xi + certificate.margin(start.dtype) * xi.abs()
+    return Sketch(basis, alphas, betas, top, xi)
+
+
+def _tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
+    """T_k [B, k, k] from alphas [B, k] and betas [B, k] (the last beta is not in T_k)."""
+    off = betas[:, :-1]
+    return torch.diag_embed(alphas) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+
+
+@dataclass
+class Surrogate:
+    """M^ = Q G Q^T + tau (I - Q Q^T) per example: Q [B, n, m], G [B, m, m], tau [B]."""
+
+    q: Tensor
+    g: Tensor
+    tau: Tensor
+
+    def apply(self, v: Tensor) -> Tensor:
+        """M^ V for V [B, n, r] (float64)."""
+        c = torch.einsum("bnm,bnr->bmr", self.q, v)
+        return torch.einsum("bnm,bmr->bnr", self.q, self.g @ c - self.tau[:, None, None] * c) \
+            + self.tau[:, None, None] * v
+
+
+def surrogate(s: Sketch) -> Surrogate:
+    """The Nystrom surrogate of M on the sketch's Krylov space (module docstring, step 2)."""
+    t = _tridiagonal(s.alphas, s.betas)
+    b, k = s.alphas.shape
+    evals, evecs = torch.linalg.eigh(t)
+    keep = evals > 1e-12 * evals[:, -1:].abs().clamp_min(1e-300)
+    inv = torch.where(keep, 1.0 / evals.clamp_min(1e-300), torch.zeros_like(evals))
+    t_pinv = evecs @ torch.diag_embed(inv) @ evecs.transpose(1, 2)
+    tt = torch.cat([t, torch.zeros(b, 1, k, dtype=t.dtype, device=t.device)], dim=1)
+    tt[:, k, k - 1] = s.betas[:, k - 1]
+    g = tt @ t_pinv @ tt.transpose(1, 2)
+    tau = evals[:, k - 1 - k // 2].clamp_min(0)
+    return Surrogate(s.basis.transpose(1, 2).double(), g, tau)
+
+
+def _rownormalise(v: Tensor) -> Tensor:
+    return v / v.norm(dim=2, keepdim=True).clamp_min(1e-300)
+
+
+def burer_monteiro(m: Surrogate, rank: int, steps: int, gen: torch.Generator) -> Tensor:
+    """V [B, n, r] with unit rows after ``steps`` ascent steps V <- rownormalise(M^ V)."""
+    b, n, _ = m.q.shape
+    v = torch.randn((b, n, rank), generator=gen, dtype=torch.float64).to(m.q.device)
+    v = _rownormalise(v)
+    for _ in range(int(steps)):
+        v = _rownormalise(m.apply(v))
+    return v
+
+
+@dataclass
+class InfToTwo:
+    """Result of :func:`inf_to_two`, per example ([B]).
+
+    - ``upper``: min(sqrt(sum w * xi_w), sqrt(n * xi_M)), certified (module docstring): an
+      upper bound on ||J||_{inf->2} with probability >= 1 - delta.
+    - ``ritz``: the same expression at the Ritz values (an estimate, never above the
+      weighted bound it approximates).
+    - ``lower``: ||J s||_2 of the best sign vector s found (feasible); ``sign``: that s.
+    - ``upper_v0``: sqrt(n * xi_M), the certified v = 0 bound sqrt(n) sigma_max.
+    - ``weights``: w [B, n]; ``shift``: the equivalent additive dual v = xi_w w [B, n]
+      (diag(v) >= M on the certificate's event).
+    - ``iterations`` / ``converged``: of the certifying run; ``products``: products with M
+      in all (sketch, sign iteration, certificate).
+    """
+
+    upper: Tensor
+    ritz: Tensor
+    lower: Tensor
+    upper_v0: Tensor
+    sign: Tensor
+    weights: Tensor
+    shift: Tensor
+    iterations: Tensor
+    converged: Tensor
+    products: Tensor
+
+
+def _weighted_restrict(op: LinearOperator, scale: Tensor
+                       ) -> Callable[[Tensor], MatVec] | None:
+    base = _restricted(op, "gram")
+    if base is None:
+        return None
+
+    def make(rows: Tensor) -> MatVec:
+        apply, sc = base(rows), scale[rows]
+        return lambda q: sc * apply(sc * q)
+
+    return make
+
+
+def weighted_bound(
+    op: LinearOperator, w: Tensor, start: Tensor, *, tol: float | None = None,
+    max_iter: int = 100, delta: float = 1e-3,
+) -> tuple[Tensor, Tensor, Eigen]:
+    """sqrt(sum_i w_i * lambda_max(W^{-1/2} M W^{-1/2})) for weights w > 0 [B, n], certified.
+
+    One certifying Lanczos run (``delta``; ``start`` a fresh uniform random start drawn
+    independently of w) on B_w, stopped once the certified norm is within ``tol`` (default
+    :func:`certified_gap`) of its Ritz value. Returns (certified upper [B], the Ritz value of
+    the same expression [B], the run's :class:`Eigen`). For every w > 0 the exact value is
+    >= ||J||_{inf->2} (module docstring), so ``upper`` is an upper bound on it with
+    probability >= 1 - delta.
+    """
+    dt = start.dtype
+    tol = certified_gap(dt) if tol is None else float(tol)
+    scale = w.double().rsqrt().to(dt)
+
+    def bw(q: Tensor) -> Tensor:
+        return scale * op.gram(scale * q)
+
+    e = lanczos(bw, start, which="largest", tol=(1 + tol) ** 2 - 1, max_iter=max_iter,
+                restrict=_weighted_restrict(op, scale), delta=delta)
+    wsum = w.double().sum(dim=1)
+    upper = round_up((wsum * e.certified.double()).clamp_min(0).sqrt() * (1 + 1e-15), dt)
+    ritz = (wsum * e.value.double().clamp_min(0)).sqrt().to(dt)
+    return upper, ritz, e
+
+
+def inf_to_two(
+    op: LinearOperator,
+    start: Tensor,
+    *,
+    certify_start: Tensor | None = None,
+    tol: float | None = None,
+    max_iter: int = 100,
+    dual_steps: int = 100,
+    inner_iter: int = 20,
+    sign_steps: int = 50,
+    delta: float = 1e-3,
+    rank: int = 25,
+    rounds: int = 16,
+) -> InfToTwo:
+    """||J_b||_{inf->2} bracketed per example: certified weighted dual above, signs below.
+
+    Args:
+        op: the operator (``op.gram`` applies M = J^T J); start: [B, n] uniform random start
+            of the sketch (:func:`random_start`).
+        certify_start: [B, n] uniform random start of the certifying run, drawn independently
+            of ``start`` (default: drawn from a generator seeded 0x5EED + 1).
+        tol: relative gap of the certified norm to its Ritz value at which the certifying run
+            stops (default :func:`certified_gap`); max_iter: its most steps (default 100).
+        dual_steps: Burer-Monteiro iterations on the surrogate (default 100; 0: w = 1, the
+            v = 0 bound sqrt(n) sigma_max). inner_iter: Lanczos steps of the sketch
+            (default 20). sign_steps: most sign-iteration steps (default 50).
+        delta: failure probability of ``upper`` (default 1e-3; delta / 2 per run).
+        rank, rounds: Burer-Monteiro rank (default 25) and roundings sign(V g) (default 16).
+
+    Returns:
+        :class:`InfToTwo` (values of the inf -> 2 norm itself, i.e. square roots).
+    """
+    b, n = start.shape
+    dt = start.dtype
+    tol = certified_gap(dt) if tol is None else float(tol)
+    if certify_start is None:
+        certify_start = random_start((b, n), start, torch.Generator().manual_seed(0x5EED + 1))
+    sk = sketch(op.gram, start, inner_iter, delta / 2)
+    k = sk.alphas.shape[1]
+    products = torch.full((b,), k, dtype=torch.long, device=start.device)
+    v0 = round_up((n * sk.certified).clamp_min(0).sqrt() * (1 + 1e-15), dt)
+    sur = surrogate(sk)
+    t_evecs = torch.linalg.eigh(_tridiagonal(sk.alphas, sk.betas))[1][:, :, -1]  # [B, k]
+    ritz_vec = torch.einsum("bk,bkn->bn", t_evecs.to(dt), sk.basis[:, :k])
+    gen = torch.Generator().manual_seed(0)
+    if dual_steps > 0:
+        v = burer_monteiro(sur, rank, dual_steps, gen)
+        w = sur.apply(v).norm(dim=2)
+        w = torch.maximum(w, 1e-6 * w.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+        g = torch.randn((rank, rounds), generator=gen, dtype=torch.float64).to(v.device)
+        cands = torch.cat([torch.sign(v @ g), torch.sign(ritz_vec.double())[:, :, None]], 2)
+        cands = torch.where(cands == 0, torch.ones_like(cands), cands)
+        scores = (cands * sur.apply(cands)).sum(dim=1)  # s^T M^ s [B, rounds + 1]
+        best = cands[torch.arange(b), :, scores.argmax(dim=1)].to(dt)
+    else:
+        w = torch.ones(b, n, dtype=torch.float64, device=start.device)
+        best = ritz_vec
+    s, low, st = sign_iteration(op.gram, best, max_steps=sign_steps)
+    products = products + st + 1
+    up_w, ritz, e = weighted_bound(op, w, certify_start, tol=tol, max_iter=max_iter,
+                                   delta=delta / 2)
+    products = products + e.iterations
+    upper = torch.minimum(up_w, v0)
+    use_v0 = v0 < up_w
+    return InfToTwo(
+        upper=torch.maximum(upper, low),  # below a feasible value: the event failed
+        ritz=torch.where(use_v0, (n * sk.ritz.clamp_min(0)).sqrt().to(dt), ritz),
+        lower=low, upper_v0=v0, sign=s, weights=w.to(dt),
+        shift=(e.certified.double()[:, None] * w).to(dt),
+        iterations=e.iterations, converged=e.converged, products=products,
+    )
+
+
+__all__ = ["InfToTwo", "Sketch", "Surrogate", "burer_monteiro", "inf_to_two", "sketch",
+           "surrogate", "weighted_bound"]
