@@ -17,14 +17,18 @@ Methods (``method=``, the registry :data:`METHODS`; one class each in
 - ``ifia_center`` Ghorbani et al. 2019's centre-of-mass attack (:class:`IFIACenter`);
 - ``random``      uniform samples of the ball, the weakest baseline (:class:`RandomSampling`).
 
-The search loop they share (random start, restarts, sign / normalised steps, projection,
-the label-keeping selection) is :mod:`attrbound.attacks.engine`.
+The gradient methods share one ascent (random start, restarts stacked into the batch, sign /
+normalised steps, projection onto ball ∩ domain, the label-keeping selection) under a step
+schedule (``schedule=``, :data:`SCHEDULES`): ``apgd`` (default; Croce & Hein 2020, step
+halving on stagnation with momentum, :mod:`attrbound.attacks.apgd`) or ``fixed`` (Madry et
+al. 2018's constant step, :func:`attrbound.attacks.engine.ascend_fixed`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,14 +44,16 @@ from attrbound._validate import (
     check_positive_int,
     require_smooth_or_surrogate,
 )
+from attrbound.attacks.apgd import DEFAULT_APGD_STEPS, INITIAL_STEP, ascend_apgd
 from attrbound.attacks.engine import (
     POINTS_PER_PASS,
     Budget,
     _Problem,
+    ascend_fixed,
     default_batch_size,
     guard,
     map_and_labels,
-    search,
+    sample,
 )
 from attrbound.attacks.objectives import (
     DEFAULT_K_FRACTION,
@@ -59,6 +65,7 @@ from attrbound.attacks.objectives import (
     IFIATopK,
     Objective,
     RandomSampling,
+    State,
     default_k,
     spatial,
 )
@@ -70,15 +77,39 @@ from attrbound.models import smooth_surrogate
 from attrbound.results import AttackResult
 
 __all__ = [
-    "DEFAULT_K_FRACTION", "DEFAULT_SAMPLES", "DEFAULT_STEPS", "METHODS", "OBJECTIVES",
-    "PGD", "POINTS_PER_PASS", "AttackResult", "IFIACenter", "IFIATopK", "Objective",
-    "RandomSampling", "attack", "default_batch_size", "default_k", "default_step_size",
+    "DEFAULT_APGD_STEPS", "DEFAULT_K_FRACTION", "DEFAULT_SAMPLES", "DEFAULT_STEPS", "METHODS",
+    "OBJECTIVES", "PGD", "POINTS_PER_PASS", "SCHEDULES", "AttackResult", "IFIACenter",
+    "IFIATopK", "Objective", "RandomSampling", "ScheduledAttackResult", "attack",
+    "default_batch_size", "default_k", "default_step_size",
 ]
 
 #: the attack methods by name (iterating gives the names).
 METHODS: dict[str, type[Objective]] = {
     cls.name: cls for cls in (PGD, IFIATopK, IFIACenter, RandomSampling)
 }
+
+_Search = Callable[[_Problem, Objective, State, Budget, torch.Generator],
+                   tuple[Tensor, Tensor, Tensor, Tensor]]
+#: the step schedules of the gradient methods by name: (ascent, default steps, default step
+#: size as a function of (eps, steps)).
+SCHEDULES: dict[str, tuple[_Search, int, Callable[[float, int], float]]] = {
+    "apgd": (ascend_apgd, DEFAULT_APGD_STEPS, lambda eps, steps: INITIAL_STEP * eps),
+    "fixed": (ascend_fixed, DEFAULT_STEPS, default_step_size),
+}
+
+
+@dataclass
+class ScheduledAttackResult(AttackResult):
+    """:class:`~attrbound.results.AttackResult` plus ``schedule``: the step schedule of the
+    gradient methods (``"apgd"`` or ``"fixed"``; None for ``random``), also in every row."""
+
+    schedule: str | None = None
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        rows = super().to_rows()
+        for row in rows:
+            row["schedule"] = self.schedule
+        return rows
 
 
 @dataclass
@@ -96,7 +127,7 @@ class _Settings:
 def _check(
     model: nn.Module, x: Tensor, *, eps: float, norm: str | float, method: str, objective: str,
     steps: int | None, step_size: float | None, restarts: int, k: int | None, n: int | None,
-    domain: tuple[float, float] | None, batch_size: int | None,
+    domain: tuple[float, float] | None, batch_size: int | None, schedule: str,
 ) -> _Settings:
     """Validate attack()'s arguments, one sentence per mistake; fill in the defaults."""
     cls = METHODS[check_choice("attack method", str(method).lower(), tuple(METHODS))]
@@ -104,9 +135,11 @@ def _check(
     eps = check_eps(eps)
     domain = check_domain(domain)
     check_batch(x, model)
-    steps = check_positive_int("steps", DEFAULT_STEPS if steps is None else steps)
+    schedule = check_choice("schedule", str(schedule).lower(), tuple(SCHEDULES))
+    _, default_steps, default_alpha = SCHEDULES[schedule]
+    steps = check_positive_int("steps", default_steps if steps is None else steps)
     restarts = check_positive_int("restarts", restarts)
-    alpha = default_step_size(eps, steps) if step_size is None else float(step_size)
+    alpha = default_alpha(eps, steps) if step_size is None else float(step_size)
     if not (math.isfinite(alpha) and alpha > 0):
         raise AttrboundError(f"step_size must be a finite number > 0, got {step_size}.")
     samples = DEFAULT_SAMPLES if n is None else int(n)
@@ -121,8 +154,8 @@ def _check(
         raise AttrboundError(f"k must lie in [1, {pixels}] (the pixels of one input), got {k}.")
     check_in_domain(x, domain)
     obj = cls.from_options(objective=objective, k=k)
-    return _Settings(obj, norm, eps, domain, Budget(steps, alpha, restarts, samples, batch_size),
-                     k)
+    budget = Budget(steps, alpha, restarts, samples, batch_size, schedule)
+    return _Settings(obj, norm, eps, domain, budget, k)
 
 
 def _maps(
@@ -149,6 +182,7 @@ def _attack_chunk(
     """Attack one chunk x [B, *S]; the maps at x and x_adv on the attacked and real maps."""
     clean, label = map_and_labels(attacked, model, x, target)
     pb = _Problem(model, attacked, x, label, target, clean, st.eps, st.norm, st.domain)
+    search = SCHEDULES[st.budget.schedule][0] if st.obj.uses_gradient else sample
     z, best, base, points = search(pb, st.obj, st.obj.prepare(clean), st.budget, gen)
     found = best > base
     x_adv = torch.where(per_example(found, x), guard(z, x, pb), x)
@@ -207,14 +241,15 @@ def attack(
     domain: tuple[float, float] | None = (0.0, 1.0),
     attribution_options: dict[str, Any] | None = None,
     batch_size: int | None = None,
-) -> AttackResult:
+    schedule: str = "apgd",
+) -> ScheduledAttackResult:
     """Attack the attribution of ``model`` at each input: a lower bound on the worst case.
 
-    Every method: random start uniform in the ball ∩ domain, ``restarts`` runs stacked into
-    the batch; l-inf sign steps, l2 normalised steps, then projection onto the ball and the
-    domain; an iterate counts only if the REAL model's predicted class is unchanged; each
-    input reports its most successful valid iterate, or x itself when none beats x
-    (deviation 0, cosine 1, top-k 1, ...).
+    Every gradient method: random start uniform in the ball ∩ domain, ``restarts`` runs
+    stacked into the batch; l-inf sign steps, l2 normalised steps, then projection onto the
+    ball and the domain, with the step size set by ``schedule``; an iterate counts only if the
+    REAL model's predicted class is unchanged; each input reports its most successful valid
+    iterate, or x itself when none beats x (deviation 0, cosine 1, top-k 1, ...).
 
     The map attacked and measured: the model's own map A, or, for a piecewise-linear model
     (ReLU, max-pool) given ``surrogate_beta``, the map A_beta of its softplus surrogate
@@ -235,9 +270,16 @@ def attack(
         method: a name of :data:`METHODS`: ``pgd`` (default), ``ifia_topk``, ``ifia_center``
             or ``random``.
         objective: ``euclidean`` (default) or ``cosine``, for pgd and random.
-        steps: gradient steps per run (default 20, PGD-20 of Madry et al. 2018); the random
-            start and every iterate, the last included, are scored: steps + 1 evaluations.
-        step_size: alpha (default 2.5 eps / steps, Madry et al. 2018).
+        steps: gradient steps per run (default 20 for both schedules: the cost of PGD-20 of
+            Madry et al. 2018); the random start and every iterate, the last included, are
+            scored: steps + 1 evaluations, steps gradients.
+        step_size: ``fixed``: the step alpha (default 2.5 eps / steps, Madry et al. 2018);
+            ``apgd``: the initial step eta_0 (default 2 eps, Croce & Hein 2020).
+        schedule: ``"apgd"`` (default): Croce & Hein 2020's schedule (momentum 0.75, the step
+            halved and the run restarted from its best point at checkpoints where the score
+            stagnates; :func:`attrbound.attacks.apgd.ascend_apgd`); ``"fixed"``: the constant
+            step alpha (the attack of earlier versions, reproduced exactly). Ignored by
+            ``random``; recorded in the result and its rows (None for ``random``).
         restarts: independent runs per input, each from its own random start (default 1).
         k: top-k size for the rank metric and ifia_topk (default 100 for 28x28 inputs,
             Chen et al. 2019; else the same fraction 100/784 of the pixels).
@@ -254,9 +296,10 @@ def attack(
             gradients with 32 steps).
 
     Returns:
-        :class:`AttackResult` with x_adv [B, *S] and the deviations [B] at x_adv, plain
-        tensors without autograd graphs. Guarantees: ||x_adv - x||_p <= eps (up to 1e-6),
-        x_adv in the domain, argmax f(x_adv) = argmax f(x).
+        :class:`ScheduledAttackResult` (an :class:`AttackResult`) with x_adv [B, *S] and the
+        deviations [B] at x_adv, plain tensors without autograd graphs. Guarantees:
+        ||x_adv - x||_p <= eps (up to 1e-6), x_adv in the domain, argmax f(x_adv) =
+        argmax f(x).
 
     Example::
 
@@ -266,7 +309,7 @@ def attack(
     started = time.perf_counter()
     st = _check(model, x, eps=eps, norm=norm, method=method, objective=objective, steps=steps,
                 step_size=step_size, restarts=restarts, k=k, n=n, domain=domain,
-                batch_size=batch_size)
+                batch_size=batch_size, schedule=schedule)
     real, attacked, beta = _maps(model, attribution, attribution_options, st.obj,
                                  surrogate_beta, x)
     if st.budget.rows is None:
@@ -281,7 +324,7 @@ def attack(
 def _result(
     out: dict[str, Tensor], st: _Settings, real: Attribution, beta: float | None, seed: int,
     b: int, seconds: float,
-) -> AttackResult:
+) -> ScheduledAttackResult:
     """The AttackResult of the concatenated chunk outputs of :func:`_run_chunks`."""
     ascent = st.obj.uses_gradient
     a_adv, clean = out["a_adv"], out["clean"]
@@ -291,7 +334,7 @@ def _result(
     else:
         raw_euclidean = metrics.euclidean(out["raw_adv"], out["raw_clean"])
         raw_cosine = metrics.cosine(out["raw_adv"], out["raw_clean"])
-    return AttackResult(
+    return ScheduledAttackResult(
         method=st.obj.name,
         objective=st.obj.objective,
         attribution=real.name,
@@ -320,4 +363,5 @@ def _result(
         raw_euclidean=raw_euclidean,
         raw_cosine=raw_cosine,
         map="model" if beta is None else f"surrogate(beta={beta:g})",
+        schedule=st.budget.schedule if ascent else None,
     )

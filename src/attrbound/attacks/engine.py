@@ -1,12 +1,14 @@
-"""The one search loop every attack shares: projected steepest ascent, or sampling of the ball.
+"""What every attack's search shares: the ascent's bookkeeping, the fixed-step schedule, and
+sampling of the ball.
 
-Both search the perturbation set of each input x with label y = argmax f(x),
+Each searches the perturbation set of each input x with label y = argmax f(x),
 
     P(x) = { z : ||z - x||_p <= eps,  lo <= z <= hi,  argmax f(z) = y },
 
 for the iterate of highest ``score`` on the attacked map A (the model's own map, or its
 softplus surrogate's A_beta; see :func:`attrbound.attack`). Labels always come from the real
-model f. Restarts and samples are stacked into the batch dimension and run together.
+model f. Restarts and samples are stacked into the batch dimension and run together. The
+default step schedule, APGD, is :mod:`attrbound.attacks.apgd`; it uses :class:`Ascent` too.
 """
 
 from __future__ import annotations
@@ -40,15 +42,16 @@ def default_batch_size(attr: Attribution) -> int:
 
 @dataclass
 class Budget:
-    """How hard to search: ``steps`` of size ``alpha`` from ``restarts`` random starts
-    (ascent), or ``samples`` points (sampling); at most ``rows`` runs per pass (None: no
-    limit)."""
+    """How hard to search: ``steps`` gradient steps from ``restarts`` random starts under
+    ``schedule`` (ascent; ``alpha`` is the fixed step, or APGD's initial step), or ``samples``
+    points (sampling); at most ``rows`` runs per pass (None: no limit)."""
 
     steps: int
     alpha: float
     restarts: int
     samples: int
     rows: int | None = None
+    schedule: str = "apgd"
 
 
 @dataclass
@@ -126,65 +129,100 @@ class _Best:
         self.top_z = torch.where(per_example(higher, z), z, self.top_z)
 
 
-def ascend(
+class Ascent:
+    """What every gradient schedule shares, for R restarts stacked as [R*B, *S]:
+
+    the stacked inputs, labels, targets and state, the score of x itself (``base``, what a
+    point must beat), ``evaluate`` (gradient of the gain, score and label test at z in one
+    pass when the map is on f itself), ``step_to`` (the projection onto ball ∩ domain) and
+    ``result`` (the best of the R runs per input)."""
+
+    def __init__(
+        self, pb: _Problem, obj: Objective, state: State, restarts: int, gen: torch.Generator
+    ) -> None:
+        self.pb, self.obj, self.r = pb, obj, restarts
+        self.x = repeat(pb.x, restarts)
+        self.target, self.label = repeat(pb.target, restarts), repeat(pb.label, restarts)
+        self.state = {key: repeat(v, restarts) for key, v in state.items()}
+        self.base = obj.score(pb.clean, state)
+        self.attr = pb.stacked(restarts)
+        self.fused = self.attr.model is pb.model  # labels from the same forward pass as the map
+        self.start = sample_ball(pb.x, pb.eps, pb.norm, restarts, gen, pb.domain).reshape(
+            self.x.shape)
+        self.best = _Best(self.x, repeat(self.base, restarts), self.start)
+
+        def total_gain(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            if self.fused:
+                a, logits = map_and_logits(self.attr, u, self.target)
+            else:
+                a, logits = self.attr.attribute(u, self.target), u.new_empty(0)
+            return obj.gain(a, self.state).sum(), (a, logits)
+
+        self._grad_and_map = torch.func.grad(total_gain, has_aux=True)
+
+    def evaluate(self, z: Tensor, gradient: bool = True) -> tuple[Tensor | None, Tensor, Tensor]:
+        """(grad_z gain [N, *S] or None, score [N], label kept [N]) at z; the iterate is
+        offered to the label-keeping selection."""
+        if gradient:
+            g, (a, logits) = self._grad_and_map(z)
+            if self.fused:
+                pred = logits.argmax(dim=1)
+            else:
+                with torch.no_grad():
+                    pred = self.pb.model(z).argmax(dim=1)
+        else:  # the last iterate is scored, not stepped from
+            g = None
+            a, pred = map_and_labels(self.attr, self.pb.model, z, self.target)
+        s = self.obj.score(a, self.state)
+        valid = pred == self.label
+        self.best.keep(z, s, valid)
+        self.best.keep_top(z, s)
+        return g, s, valid
+
+    def moved(self, z: Tensor, step: Tensor) -> Tensor:
+        """P(z + step), the projection onto ball(x, eps) ∩ domain, computed on the offset
+        (z - x) + step."""
+        pb = self.pb
+        return in_domain(
+            self.x + project(z - self.x + step, self.x, pb.eps, pb.norm, pb.domain), pb.domain)
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(best valid point [B, *S], its score [B], score of x [B], points [B, R, *S])."""
+        b, shape = self.pb.x.shape[0], self.pb.x.shape[1:]
+        scores = self.best.score.reshape(self.r, b)
+        pick = scores.argmax(dim=0)
+        cols = torch.arange(b, device=pick.device)
+        x_best = self.best.z.reshape((self.r, b) + shape)[pick, cols]
+        points = self.best.top_z.reshape((self.r, b) + shape).transpose(0, 1)
+        return x_best, scores[pick, cols], self.base, points
+
+
+def ascend_fixed(
     pb: _Problem, obj: Objective, state: State, budget: Budget, gen: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Projected steepest ascent of obj.gain, R restarts stacked as [R*B, *S]:
+    """Projected steepest ascent of obj.gain with a fixed step (``schedule="fixed"``, PGD of
+    Madry et al. 2018), R restarts stacked as [R*B, *S]:
 
         z_0 ~ uniform(ball ∩ domain)                              (random start)
         for t = 0 .. T:
             a_t = A(z_t), valid_t = [argmax f(z_t) = argmax f(x)]
             if valid_t and score(a_t) > best:  best, z* = score(a_t), z_t
-            if t < T:  z_{t+1} = x + Proj(z_t - x + alpha dir(grad_z gain(A(z_t))))
+            if t < T:  z_{t+1} = P(z_t + alpha dir(grad_z gain(A(z_t))))
 
-    with dir = sign (l-inf) or g / ||g||_2 (l2), Proj onto the ball and the domain; best
-    starts at score(A(x)), so z* stays x unless a valid iterate beats it. The best of the R
-    runs is kept per input.
+    with dir = sign (l-inf) or g / ||g||_2 (l2), P the projection onto the ball and the
+    domain; best starts at score(A(x)), so z* stays x unless a valid iterate beats it. The
+    best of the R runs is kept per input.
 
     Returns (best valid point [B, *S], its score [B], score of x [B], points [B, R, *S]):
     points are each run's highest-scoring iterate whatever its label.
     """
-    b, r = pb.x.shape[0], budget.restarts
-    x = repeat(pb.x, r)
-    target, label = repeat(pb.target, r), repeat(pb.label, r)
-    st = {key: repeat(v, r) for key, v in state.items()}
-    base = obj.score(pb.clean, state)  # the score of x itself: what a point must beat
-    attr = pb.stacked(r)
-    fused = attr.model is pb.model  # labels from the same forward pass as the map
-
-    def total_gain(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        if fused:
-            a, logits = map_and_logits(attr, u, target)
-        else:
-            a, logits = attr.attribute(u, target), u.new_empty(0)
-        return obj.gain(a, st).sum(), (a, logits)
-
-    grad_and_map = torch.func.grad(total_gain, has_aux=True)
-
-    z = sample_ball(pb.x, pb.eps, pb.norm, r, gen, pb.domain).reshape(x.shape)
-    best = _Best(x, repeat(base, r), z)
+    run = Ascent(pb, obj, state, budget.restarts, gen)
+    z = run.start
     for i in range(budget.steps + 1):
-        if i < budget.steps:
-            g, (a, logits) = grad_and_map(z)
-            if fused:
-                pred = logits.argmax(dim=1)
-            else:
-                with torch.no_grad():
-                    pred = pb.model(z).argmax(dim=1)
-        else:  # the last iterate is scored, not stepped from
-            a, pred = map_and_labels(attr, pb.model, z, target)
-        s = obj.score(a, st)
-        best.keep(z, s, pred == label)
-        best.keep_top(z, s)
-        if i < budget.steps:
-            step = budget.alpha * steepest_direction(g, pb.norm)
-            z = in_domain(x + project(z - x + step, x, pb.eps, pb.norm, pb.domain), pb.domain)
-    scores = best.score.reshape(r, b)
-    pick = scores.argmax(dim=0)
-    cols = torch.arange(b, device=pick.device)
-    x_best = best.z.reshape((r, b) + pb.x.shape[1:])[pick, cols]
-    points = best.top_z.reshape((r, b) + pb.x.shape[1:]).transpose(0, 1)
-    return x_best, scores[pick, cols], base, points
+        g, _, _ = run.evaluate(z, gradient=i < budget.steps)
+        if g is not None:
+            z = run.moved(z, budget.alpha * steepest_direction(g, pb.norm))
+    return run.result()
 
 
 def sample(
@@ -192,7 +230,7 @@ def sample(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``budget.samples`` points uniform in the ball ∩ domain, drawn in passes of at most
     ``budget.rows`` points; keeps the valid one of highest score per input. Same returns as
-    :func:`ascend` (points [B, 1, *S]: the highest-scoring sample whatever its label)."""
+    :func:`ascend_fixed` (points [B, 1, *S]: the highest-scoring sample whatever its label)."""
     b, samples = pb.x.shape[0], budget.samples
     per = samples if budget.rows is None else max(1, min(samples, budget.rows // b))
     base = obj.score(pb.clean, state)
@@ -212,13 +250,6 @@ def sample(
         best.keep_top(z[j, cols], s[j, cols])
         done += c
     return best.z, best.score, base, best.top_z.unsqueeze(1)
-
-
-def search(
-    pb: _Problem, obj: Objective, state: State, budget: Budget, gen: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`ascend` for gradient objectives, :func:`sample` for the others."""
-    return (ascend if obj.uses_gradient else sample)(pb, obj, state, budget, gen)
 
 
 def guard(z: Tensor, x: Tensor, pb: _Problem) -> Tensor:
