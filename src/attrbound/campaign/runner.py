@@ -77,7 +77,7 @@ def _bounded_map(grid: Grid, model: nn.Module, example: Tensor) -> str:
     """The map the practical bounds and the attacks measure, the model's operations looked
     up on ``example`` [1, *S]; raises (naming --surrogate-beta) when derivative-based
     methods meet a piecewise-linear model without a surrogate."""
-    derivative = ([m for m in grid.bounds if m != "interval"]
+    derivative = ([m for m in grid.bounds if m not in ("interval", "smoothed")]
                   + [m for m in grid.attacks if m != "random"])
     surrogate = require_smooth_or_surrogate(model, grid.surrogate_beta, derivative,
                                             flag="--surrogate-beta", example=example)
@@ -141,10 +141,12 @@ def run_units(
     total: int | None = None,
 ) -> Iterator[UnitResult]:
     """Run ``units`` on ``executor`` (default :class:`SerialExecutor`), yielding each result;
-    a tqdm bar over ``total`` units (default: these) shows the ETA when ``progress``, and
+    a tqdm bar over ``total`` units (default: these) shows the ETA, the rows of this run
+    with a violation (of any bound, either metric) and the failed units, when ``progress``;
     each distinct warning is printed once."""
     total = len(units) if total is None else total
     warned: set[str] = set()
+    violations = failed = 0
     with tqdm(total=total, initial=total - len(units), unit="unit", desc=desc,
               disable=not progress, dynamic_ncols=True) as bar:
         for result in (executor or SerialExecutor()).run(units, context):
@@ -152,8 +154,16 @@ def run_units(
                 if msg not in warned:
                     warned.add(msg)
                     bar.write(f"warning: {msg}")
+            violations += sum(_violated(r) for r in result.rows)
+            failed += any("failed" in r for r in result.rows)
             yield result
+            bar.set_postfix(violations=violations, failed=failed, refresh=False)
             bar.update(1)
+
+
+def _violated(row: dict[str, Any]) -> bool:
+    """Whether any bound of the row is violated, on either metric."""
+    return any(bool(v) for flags in row.get("violated", {}).values() for v in flags.values())
 
 
 def _store(result: UnitResult, out: Path, fh: BinaryIO, done: set[Any],

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from attrbound import data, intake
@@ -54,9 +55,32 @@ def add_model_data(p: argparse.ArgumentParser, *, n: int = 100) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device named by --device; raises AttrboundError, in one sentence, for a
+    name torch does not know or a CUDA device this machine cannot use."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AttrboundError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, "
+                             "cuda:1).") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise AttrboundError(f"--device {device}: CUDA is not available ({why}, torch "
+                                 f"{torch.__version__}); use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AttrboundError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                                 "device(s) visible.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AttrboundError(f"--device {device}: MPS is not available on this machine.")
+    return dev
+
+
 def load_model_data(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
     """(model, images [n,...], labels [n], config) from the model, data, --n and --start
     options."""
+    check_device(args.device)
     model = intake.load_model(args.model, weights=args.weights, device=args.device,
                               mean=intake.parse_floats(args.mean, "--mean"),
                               std=intake.parse_floats(args.std, "--std"))
@@ -94,6 +118,7 @@ def evaluate_methods(grid: Grid, kind: str, *, progress: bool, desc: str) -> lis
     """Evaluate ``grid`` unit by unit as the campaign does and return its rows split per
     method (:func:`attrbound.campaign.method_rows`; ``kind`` "bounds" or "attacks"), ordered
     by method, eps and input. A method that fails raises its AttrboundError."""
+    check_device(grid.device)
     context = prepare(grid, raise_errors=True)
     units = plan_units(grid, len(context.images))
     rows = [flat for result in run_units(context, units, progress=progress, desc=desc)

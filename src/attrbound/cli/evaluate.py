@@ -28,6 +28,16 @@ comma-separated strings; options given on the command line win)::
 Interrupted (Ctrl-C, kill -9, a crash), the same command continues where it stopped: rows
 already in --out are kept and skipped, a truncated last line is cut off. A --out written with
 a different configuration is refused (use another --out, or --overwrite to discard it).
+
+On several cores or a cluster (``pip install 'attrbound[ray]'``; the rows are the same as
+the serial ones)::
+
+    attrbound evaluate --config grid.toml --executor ray --workers 8      # local Ray instance
+    attrbound evaluate --config grid.toml --executor ray --address HOST:6379  # join a cluster
+
+Every worker loads the model and data files itself (the same paths must hold the same bytes
+on every node: the SHA-256 is checked); this process alone writes --out. A unit whose worker
+dies is retried twice, then written with ``failed`` (its reason) and counted below.
 """
 
 from __future__ import annotations
@@ -37,9 +47,11 @@ from typing import Any
 
 from attrbound import intake
 from attrbound.campaign import Grid, format_summary, load_toml, run_campaign, summarize
+from attrbound.campaign.executor import Executor, SerialExecutor
 from attrbound.cli.common import (
     add_data_options,
     add_model_options,
+    check_device,
     float_list,
     json_object,
     name_list,
@@ -115,6 +127,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="discard the rows already in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("executor (where the units run; the rows do not depend on it)")
+    g.add_argument("--executor", default="serial", choices=["serial", "ray"],
+                   help="serial: this process (default); ray: Ray tasks (attrbound[ray])")
+    g.add_argument("--workers", type=int, default=None,
+                   help="ray: concurrent workers (default: the CPU count); a local Ray "
+                        "instance gets this many CPUs")
+    g.add_argument("--address", default=None,
+                   help="ray: join this cluster (default $RAY_ADDRESS, else a local instance "
+                        "started and stopped by this command)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="ray: GPUs each worker reserves, e.g. 0.25 (default 0); use with "
+                        "--device cuda")
+    g.add_argument("--threads-per-worker", type=int, default=None,
+                   help="ray: torch threads per worker (default cores / workers)")
 
 
 def grid_from_args(args: argparse.Namespace) -> tuple[Grid, str]:
@@ -146,9 +172,32 @@ def grid_from_args(args: argparse.Namespace) -> tuple[Grid, str]:
     return Grid.from_dict(values), str(out)
 
 
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The executor the --executor options choose."""
+    if args.executor == "serial":
+        given = [f"--{n.replace('_', '-')}" for n in ("workers", "address", "threads_per_worker")
+                 if getattr(args, n) is not None]
+        if args.gpus_per_worker:
+            given.append("--gpus-per-worker")
+        if given:
+            raise AttrboundError(f"{', '.join(given)} need --executor ray.")
+        return SerialExecutor()
+    from attrbound.campaign.ray_executor import RayExecutor
+
+    return RayExecutor(args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                       threads_per_worker=args.threads_per_worker)
+
+
 def run(args: argparse.Namespace) -> int:
     grid, out = grid_from_args(args)
-    rows = run_campaign(grid, out, progress=not args.no_progress, overwrite=args.overwrite)
+    check_device(grid.device)
+    executor = executor_from_args(args)
+    rows = run_campaign(grid, out, progress=not args.no_progress, overwrite=args.overwrite,
+                        executor=executor)
     print(format_summary(summarize(rows)))
+    failed = sum("failed" in r for r in rows)
+    if failed:
+        print(f"{failed} rows FAILED (their worker died; see their 'failed' field): rerun them "
+              "with a new --out")
     print(f"{len(rows)} rows in {out}")
     return 0
