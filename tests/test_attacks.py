@@ -137,7 +137,7 @@ def _quadratic_ratios(norm: str, seeds=range(8), batch: int = 16, **kw) -> torch
 
 
 def test_default_attack_reaches_l2_closed_form():
-    # the default settings (APGD, 20 steps, 1 restart): at least 0.99 of eps sigma_max(Q) on
+    # the default settings (APGD, 2 runs of 25 steps): at least 0.99 of eps sigma_max(Q) on
     # average over 128 inputs (fixed-step PGD-20, the old default, reaches 0.924)
     ratios = _quadratic_ratios("2")
     assert ratios.mean() >= 0.99, ratios.mean()
@@ -273,7 +273,7 @@ def test_apgd_matches_a_hand_written_apgd(norm):
         return g
 
     want, halvings = _hand_apgd_best(saliency, model, x, eps, norm, 20, 7)
-    res = attack(model, x, eps=eps, norm=norm, steps=20, seed=7)
+    res = attack(model, x, eps=eps, norm=norm, steps=20, restarts=1, seed=7)
     assert res.schedule == "apgd" and res.step_size == pytest.approx(2 * eps)
     assert halvings > 0  # the restart-from-best branch was exercised
     torch.testing.assert_close(res.euclidean, want, rtol=1e-9, atol=1e-12)
@@ -513,6 +513,9 @@ def test_rows_record_the_schedule():
     x = torch.sigmoid(x)
     kw = dict(eps=0.1, norm="inf", steps=3)
     assert attack(model, x, **kw).to_rows()[0]["schedule"] == "apgd"
+    default = attack(model, x, eps=0.1, norm="inf")  # 2 runs of 25 steps, eta_0 = 2 eps
+    assert (default.steps, default.restarts, default.runs) == (25, 2, 6)
+    assert default.step_size == pytest.approx(0.2) and default.points.shape[1] == 2
     fixed = attack(model, x, schedule="fixed", **kw)
     assert fixed.schedule == "fixed" and fixed.to_rows()[0]["schedule"] == "fixed"
     assert fixed.step_size == pytest.approx(2.5 * 0.1 / 3)

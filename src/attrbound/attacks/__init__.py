@@ -44,7 +44,12 @@ from attrbound._validate import (
     check_positive_int,
     require_smooth_or_surrogate,
 )
-from attrbound.attacks.apgd import DEFAULT_APGD_STEPS, INITIAL_STEP, ascend_apgd
+from attrbound.attacks.apgd import (
+    DEFAULT_APGD_RESTARTS,
+    DEFAULT_APGD_STEPS,
+    INITIAL_STEP,
+    ascend_apgd,
+)
 from attrbound.attacks.engine import (
     POINTS_PER_PASS,
     Budget,
@@ -77,10 +82,10 @@ from attrbound.models import smooth_surrogate
 from attrbound.results import AttackResult
 
 __all__ = [
-    "DEFAULT_APGD_STEPS", "DEFAULT_K_FRACTION", "DEFAULT_SAMPLES", "DEFAULT_STEPS", "METHODS",
-    "OBJECTIVES", "PGD", "POINTS_PER_PASS", "SCHEDULES", "AttackResult", "IFIACenter",
-    "IFIATopK", "Objective", "RandomSampling", "ScheduledAttackResult", "attack",
-    "default_batch_size", "default_k", "default_step_size",
+    "DEFAULT_APGD_RESTARTS", "DEFAULT_APGD_STEPS", "DEFAULT_K_FRACTION", "DEFAULT_SAMPLES",
+    "DEFAULT_STEPS", "METHODS", "OBJECTIVES", "PGD", "POINTS_PER_PASS", "SCHEDULES",
+    "AttackResult", "IFIACenter", "IFIATopK", "Objective", "RandomSampling",
+    "ScheduledAttackResult", "attack", "default_batch_size", "default_k", "default_step_size",
 ]
 
 #: the attack methods by name (iterating gives the names).
@@ -90,11 +95,12 @@ METHODS: dict[str, type[Objective]] = {
 
 _Search = Callable[[_Problem, Objective, State, Budget, torch.Generator],
                    tuple[Tensor, Tensor, Tensor, Tensor]]
-#: the step schedules of the gradient methods by name: (ascent, default steps, default step
-#: size as a function of (eps, steps)).
-SCHEDULES: dict[str, tuple[_Search, int, Callable[[float, int], float]]] = {
-    "apgd": (ascend_apgd, DEFAULT_APGD_STEPS, lambda eps, steps: INITIAL_STEP * eps),
-    "fixed": (ascend_fixed, DEFAULT_STEPS, default_step_size),
+#: the step schedules of the gradient methods by name: (ascent, default steps, default
+#: restarts, default step size as a function of (eps, steps)).
+SCHEDULES: dict[str, tuple[_Search, int, int, Callable[[float, int], float]]] = {
+    "apgd": (ascend_apgd, DEFAULT_APGD_STEPS, DEFAULT_APGD_RESTARTS,
+             lambda eps, steps: INITIAL_STEP * eps),
+    "fixed": (ascend_fixed, DEFAULT_STEPS, 1, default_step_size),
 }
 
 
@@ -126,7 +132,8 @@ class _Settings:
 
 def _check(
     model: nn.Module, x: Tensor, *, eps: float, norm: str | float, method: str, objective: str,
-    steps: int | None, step_size: float | None, restarts: int, k: int | None, n: int | None,
+    steps: int | None, step_size: float | None, restarts: int | None, k: int | None,
+    n: int | None,
     domain: tuple[float, float] | None, batch_size: int | None, schedule: str,
 ) -> _Settings:
     """Validate attack()'s arguments, one sentence per mistake; fill in the defaults."""
@@ -136,9 +143,9 @@ def _check(
     domain = check_domain(domain)
     check_batch(x, model)
     schedule = check_choice("schedule", str(schedule).lower(), tuple(SCHEDULES))
-    _, default_steps, default_alpha = SCHEDULES[schedule]
+    _, default_steps, default_restarts, default_alpha = SCHEDULES[schedule]
     steps = check_positive_int("steps", default_steps if steps is None else steps)
-    restarts = check_positive_int("restarts", restarts)
+    restarts = check_positive_int("restarts", default_restarts if restarts is None else restarts)
     alpha = default_alpha(eps, steps) if step_size is None else float(step_size)
     if not (math.isfinite(alpha) and alpha > 0):
         raise AttrboundError(f"step_size must be a finite number > 0, got {step_size}.")
@@ -232,7 +239,7 @@ def attack(
     objective: str = "euclidean",
     steps: int | None = None,
     step_size: float | None = None,
-    restarts: int = 1,
+    restarts: int | None = None,
     k: int | None = None,
     n: int | None = None,
     seed: int = 0,
@@ -270,9 +277,9 @@ def attack(
         method: a name of :data:`METHODS`: ``pgd`` (default), ``ifia_topk``, ``ifia_center``
             or ``random``.
         objective: ``euclidean`` (default) or ``cosine``, for pgd and random.
-        steps: gradient steps per run (default 20 for both schedules: the cost of PGD-20 of
-            Madry et al. 2018); the random start and every iterate, the last included, are
-            scored: steps + 1 evaluations, steps gradients.
+        steps: gradient steps per run (default: ``apgd`` 25, ``fixed`` 20, PGD-20 of Madry
+            et al. 2018); the random start and every iterate, the last included, are scored:
+            steps + 1 evaluations, steps gradients per run.
         step_size: ``fixed``: the step alpha (default 2.5 eps / steps, Madry et al. 2018);
             ``apgd``: the initial step eta_0 (default 2 eps, Croce & Hein 2020).
         schedule: ``"apgd"`` (default): Croce & Hein 2020's schedule (momentum 0.75, the step
@@ -280,7 +287,9 @@ def attack(
             stagnates; :func:`attrbound.attacks.apgd.ascend_apgd`); ``"fixed"``: the constant
             step alpha (the attack of earlier versions, reproduced exactly). Ignored by
             ``random``; recorded in the result and its rows (None for ``random``).
-        restarts: independent runs per input, each from its own random start (default 1).
+        restarts: independent runs per input, each from its own random start, stacked into
+            the batch dimension (default: ``apgd`` 2, so that the default attack costs
+            2 x 25 = 50 gradients per input, PGD-50's; ``fixed`` 1).
         k: top-k size for the rank metric and ifia_topk (default 100 for 28x28 inputs,
             Chen et al. 2019; else the same fraction 100/784 of the pixels).
         n: random samples for ``random`` (default 200, Quantus' MaxSensitivity).
