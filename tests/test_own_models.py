@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.models import FunctionalCNN, Normalized, NormMLP, ResNet, Tiny, TinyViT, ready
+from helpers.references import autograd_saliency, plain_pgd
 from torch import nn
 
 import attrbound
@@ -431,3 +432,37 @@ def test_exported_graph_is_inspected_and_smoothed_like_the_eager_model():
     s = models.smooth_surrogate(core, 1000.0)
     assert not is_piecewise_linear(s, z)
     assert (s(z) - gates(z)).abs().max() < 0.2
+
+
+# region is an estimate of a supremum (docs/design.md section 3.3), and here it falls short:
+# the hand-written PGD reaches 0.4199 where region reports 0.4174 (input 0; 0.406-0.417 with
+# 3x the ascent steps or 4 restarts and 32 random points)
+_REGION_MISSES = {("normalized_smooth", "inf")}
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_bounds_of_every_architecture_against_svd_and_a_hand_written_attack(name, norm, request):
+    """On each architecture users bring (float64, tiny): taylor l2 equals eps x the top singular
+    value of the dense Jacobian of the bounded map (the surrogate's for piecewise-linear
+    models, the model's own otherwise), and the region bound is never beaten by a plain PGD
+    written in the helpers (torch.autograd, no attrbound) on that same map."""
+    if (name, norm) in _REGION_MISSES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="region's sup estimate is "
+                                              "beaten by 0.6% on the normalised tiny ViT"))
+    model, x, ops = _arch(name, torch.float64)
+    target = model(x).argmax(dim=1)
+    beta = 10.0 if ops else None
+    bounded = models.smooth_surrogate(model, beta) if ops else model
+    eps = 0.05 if norm == "2" else 0.01
+    kw = dict(eps=eps, norm=norm, target=target, surrogate_beta=beta, domain=None)
+    if norm == "2":
+        taylor = attrbound.bound(model, x, method="taylor", **kw)
+        sigma = torch.linalg.svdvals(_saliency_jacobian(bounded, x, target))[:, 0]
+        assert (sigma > 0).all()
+        assert torch.allclose(taylor.operator_norm, sigma, rtol=1e-4, atol=0)
+    region = attrbound.bound(model, x, method="region", **kw)
+    reached = plain_pgd(autograd_saliency(bounded, target), x, eps, norm, steps=20)
+    assert (reached > 0).all()
+    assert (region.euclidean >= reached).all(), (region.euclidean, reached)
+    assert region.euclidean.grad_fn is None
