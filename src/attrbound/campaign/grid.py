@@ -29,7 +29,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-BOUND_METHODS = ("taylor", "region", "interval")
+BOUND_METHODS = ("taylor", "region", "interval", "smoothed")
 ATTACK_METHODS = ("pgd", "ifia_topk", "ifia_center", "random")
 #: bound keywords the campaign sets itself, per unit (not allowed in ``bound_options``)
 CAMPAIGN_BOUND_KEYWORDS = frozenset({"seed", "points", "surrogate_beta"})
@@ -166,6 +166,9 @@ class Grid:
             raise AttrboundError("the grid needs at least one attribution, norm and eps.")
         if not (self.bounds or self.attacks):
             raise AttrboundError("the grid needs at least one bound method or attack.")
+        if "smoothed" in self.bounds and self.attacks and set(self.attributions) != {"smoothed"}:
+            raise AttrboundError("bound method smoothed certifies the smoothed map: with attacks, "
+                                 "use attribution smoothed, so that they attack the same map.")
         check_choice("split", self.split, ("train", "test"))
         check_choice("objective", self.objective, ("euclidean", "cosine"))
         for name in ("n", "batch_size", "restarts"):

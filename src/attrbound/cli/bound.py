@@ -36,7 +36,9 @@ from attrbound.errors import AttrboundError
 
 #: flag dest -> the bound methods it is an option of
 _SOLVER_FLAGS = {"tol": ("taylor", "region"), "max_iter": ("taylor", "region"),
-                 "random": ("region",), "ascent_steps": ("region",), "restarts": ("region",)}
+                 "random": ("region",), "ascent_steps": ("region",), "restarts": ("region",),
+                 "smoothing": ("smoothed",), "sigma": ("smoothed",), "samples": ("smoothed",),
+                 "alpha": ("smoothed",)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="region: gradient-ascent steps on the operator norm (default 10)")
     p.add_argument("--restarts", type=int, default=None,
                    help="region: ascent runs per input (default 1)")
+    p.add_argument("--smoothing", default=None, choices=["gaussian", "uniform"],
+                   help="smoothed: the noise (default gaussian)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="smoothed: the noise's standard deviation or ball radius (default 0.25)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="smoothed: Monte-Carlo samples per input (default 1000)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="smoothed: failure probability of the cosine bound (default 1e-3)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed; the batch starting at input i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per call (default 64)")
