@@ -180,3 +180,17 @@ def test_cli_executor_flags(tiny, tmp_path):
     base = ["evaluate", "--model", str(tiny), "--n", "2", "--out", str(tmp_path / "r.jsonl")]
     assert main([*base, "--workers", "2"]) == 2  # needs --executor ray
     assert main([*base, "--device", "cuda:7" if torch.cuda.is_available() else "cuda"]) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_campaign_agrees_with_cpu(tiny, tmp_path):
+    """The same grid on the GPU: the same keys and draws, figures equal up to rounding."""
+    grid = small_grid(tiny, n=4, norms=("inf",))
+    cpu = campaign.run_campaign(grid, tmp_path / "cpu.jsonl", progress=False)
+    gpu = campaign.run_campaign(small_grid(tiny, n=4, norms=("inf",), device="cuda"),
+                                tmp_path / "gpu.jsonl", progress=False)
+    assert [campaign.row_key(r) for r in gpu] == [campaign.row_key(r) for r in cpu]
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b["bounds"]["region"]["euclidean"] == pytest.approx(
+            a["bounds"]["region"]["euclidean"], rel=1e-3)
+        assert not any(v for flags in b["violated"].values() for v in flags.values())

@@ -20,6 +20,7 @@ from typing import Any
 
 from attrbound import data
 from attrbound.campaign import ConfigMismatch, Grid, format_summary, run_campaign, summarize
+from attrbound.cli.common import check_device
 from attrbound.report import explain_grid, write_report
 from attrbound.training import DEFAULT_MODEL, default_model
 
@@ -48,20 +49,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=100,
                    help="test inputs in the validation campaign (default 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the heatmaps and the campaign (default cpu; the "
+                        "model, if trained here, is trained on the CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    check_device(args.device)
     model, path = default_model(args.model, progress=not args.no_progress)
+    model = model.to(args.device)
     cfg = model.config
     print(f"model {path}: {cfg['arch']}/{cfg['activation']} trained on {cfg['dataset']} "
           f"({cfg.get('data', '?')}), test accuracy {100 * cfg['test_accuracy']:.2f}% "
           f"on {cfg.get('test_size', '?')} images")
     images, labels = data.load(cfg["dataset"], "test")
-    grid_png = explain_grid(model, images[:6], labels[:6], out / "heatmaps.png")
+    grid_png = explain_grid(model, images[:6].to(args.device), labels[:6],
+                            out / "heatmaps.png")
     print(f"attribution heatmaps: {grid_png}")
 
-    grid = Grid.from_dict({"model": str(path), "n": args.n, **DEMO_GRID})
+    grid = Grid.from_dict({"model": str(path), "n": args.n, "device": args.device,
+                           **DEMO_GRID})
     rows_path = out / "rows.jsonl"
     print(f"validation campaign: {args.n} inputs x {len(grid.configs)} settings "
           f"(attribution, norm, eps) -> {rows_path}")
