@@ -38,14 +38,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attrbound._validate import check_batch, check_domain, check_eps, check_in_domain
+from attrbound._validate import (
+    check_batch,
+    check_domain,
+    check_eps,
+    check_in_domain,
+    check_positive_int,
+)
 from attrbound.attributions import Attribution, resolve_target
 from attrbound.errors import AttrboundError, check_choice
 from attrbound.geometry import parse_norm
 from attrbound.interval.attribution import ATTRIBUTIONS, attribution_box, resolve_attribution
+from attrbound.interval.branching import BRANCHES
 from attrbound.interval.dag import SUPPORTED_NODES, network
 from attrbound.interval.deviation import deviation_bounds
 from attrbound.interval.forward import MAX_ELEMENTS, TIGHTENINGS
+from attrbound.interval.gradient import RELAXATIONS
 from attrbound.interval.ops import SUPPORTED_LAYERS
 from attrbound.interval.perturbation import ball_set, point_set
 from attrbound.interval.rounding import EVALUATIONS, K_FUNC, U64, Units, cast_out, units_for
@@ -53,7 +61,7 @@ from attrbound.results import BoundResult, cosine_from_euclidean
 
 __all__ = [
     "ATTRIBUTIONS", "EVALUATIONS", "K_FUNC", "MAX_ELEMENTS", "SUPPORTED_LAYERS", "SUPPORTED_NODES",
-    "TIGHTENINGS",
+    "RELAXATIONS", "TIGHTENINGS",
     "attribution_intervals", "cosine_from_euclidean", "interval_bound",
 ]
 
@@ -87,6 +95,8 @@ def attribution_intervals(
     tightening: str = "crown",
     evaluation: str = "float",
     max_elements: int = MAX_ELEMENTS,
+    gradient_relaxation: str = "crown",
+    branches: int = BRANCHES,
     **attribution_options: Any,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Float64 intervals (lo, hi) [B, *S] of A(z) over the perturbation set and (plo, phi) of
@@ -95,7 +105,7 @@ def attribution_intervals(
     Arguments as for :func:`interval_bound`. Mostly for tests and experiments.
     """
     out = _prepare(model, x, eps, norm, attribution, target, domain, tightening, evaluation,
-                   max_elements, attribution_options)
+                   max_elements, attribution_options, gradient_relaxation, branches)
     return out.lo, out.hi, out.plo, out.phi
 
 
@@ -111,6 +121,8 @@ def _prepare(
     evaluation: str,
     max_elements: int,
     attribution_options: dict[str, Any],
+    relaxation: str = "crown",
+    branches: int = BRANCHES,
 ) -> _Prepared:
     """Check the arguments, build the network and compute both sets' attribution intervals."""
     check_batch(x, model)
@@ -119,6 +131,8 @@ def _prepare(
     domain = check_domain(domain)
     check_choice("tightening", tightening, TIGHTENINGS)
     check_choice("evaluation", evaluation, EVALUATIONS)
+    check_choice("gradient_relaxation", relaxation, RELAXATIONS)
+    branches = check_positive_int("branches", branches)
     if int(max_elements) < 1:
         raise AttrboundError(f"max_elements must be >= 1, got {max_elements}.")
     attr = resolve_attribution(attribution, model, attribution_options)
@@ -131,7 +145,8 @@ def _prepare(
     units = units_for(model, x, evaluation)
     inset = ball_set(xd, eps, norm, domain)
     a64 = attr.with_model(m64)
-    lo, hi = attribution_box(net, a64, xd, inset, tgt, tightening, units, int(max_elements))
+    lo, hi = attribution_box(net, a64, xd, inset, tgt, tightening, units, int(max_elements),
+                             relaxation, branches)
     plo, phi = attribution_box(net, a64, xd, point_set(xd), tgt, "none", units,
                                int(max_elements))
     lo, hi = torch.nan_to_num(lo, nan=-math.inf), torch.nan_to_num(hi, nan=math.inf)
@@ -199,10 +214,18 @@ def interval_bound(
             radius for l2); ``evaluation`` = "float" (default: sound for the attribution as the
             model computes it in its own format AND in exact arithmetic) or "exact" (exact
             arithmetic only); ``max_elements`` (default 2^23): float64 entries of one CROWN
-            back-substitution chunk (memory ~ 6x that); ``surrogate_beta`` is accepted and
-            ignored (ReLU is bounded exactly; recorded in ``extra``); ``attribution_options``
-            (dict) or any other keyword (e.g. ``steps=16``) are options of the attribution
-            method named by ``attribution``.
+            back-substitution chunk (memory ~ 6x that); ``gradient_relaxation`` = "crown"
+            (default; nn.Sequential chains: the interval gradient intersected with linear
+            bounds of g = B_0^T (d_0 * ... B_n^T e_t) over the derivative boxes, rows +/- e_k
+            from every input feature: 2 * prod(S) rows per input carried to the logits) or
+            "interval" (interval products only); ``branches`` (default 64; chains with ReLU):
+            branch and bound on the derivative states of each input's unstable ReLU neurons,
+            all 2^U patterns when 2^U <= branches (exact for the linearised pattern set), else
+            the floor(log2(branches)) widest split; the union of the branches' interval
+            gradients is intersected with the bound (1: no branching); ``surrogate_beta`` is
+            accepted and ignored (ReLU is bounded exactly; recorded in ``extra``);
+            ``attribution_options`` (dict) or any other keyword (e.g. ``steps=16``) are
+            options of the attribution method named by ``attribution``.
 
     Returns:
         BoundResult with method "interval": ``euclidean`` [B] (rounded up), ``cosine`` [B]
@@ -225,12 +248,14 @@ def interval_bound(
     tightening = options.pop("tightening", "crown")
     evaluation = options.pop("evaluation", "float")
     max_elements = options.pop("max_elements", MAX_ELEMENTS)
+    relaxation = options.pop("gradient_relaxation", "crown")
+    branches = options.pop("branches", BRANCHES)
     # ReLU is bounded exactly, on the real model: a smooth surrogate is never needed
     ignored_beta = options.pop("surrogate_beta", None)
     opts = dict(options.pop("attribution_options", None) or {})
     opts.update(options)
     out = _prepare(model, x, eps, norm, attribution, target, domain, tightening, evaluation,
-                   max_elements, opts)
+                   max_elements, opts, relaxation, branches)
     euclid, cos = deviation_bounds(out.lo, out.hi, out.plo, out.phi)
     with torch.no_grad():
         a = out.attr.attribute(out.x64, out.target)
@@ -253,6 +278,7 @@ def interval_bound(
         intervals=cast_out(out.lo, out.hi, dt),
         seconds=time.perf_counter() - started,
         extra={"tightening": tightening, "evaluation": evaluation,
+               "gradient_relaxation": relaxation, "branches": branches,
                "unit_roundoff": out.units.u - U64 if evaluation == "float" else 0.0,
                "attribution_options": out.attr.options(),
                "surrogate_beta_ignored": ignored_beta},

@@ -70,11 +70,17 @@ def attribution_box(
     tightening: str,
     units: Units,
     max_elements: int,
+    relaxation: str = "crown",
+    branches: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Intervals [B, *S] of A(z) over the input set (x: float64 [B, *S], the set's centre)."""
+    """Intervals [B, *S] of A(z) over the input set (x: float64 [B, *S], the set's centre);
+    ``relaxation``, ``branches``: of the gradient pass
+    (attrbound.interval.gradient.gradient_intervals)."""
     if isinstance(attr, IntegratedGradients):
-        return _ig_box(net, attr, x, inset, target, tightening, units, max_elements)
-    glo, ghi = gradient_intervals(net, inset, target, tightening, units, max_elements)
+        return _ig_box(net, attr, x, inset, target, tightening, units, max_elements, relaxation,
+                       branches)
+    glo, ghi = gradient_intervals(net, inset, target, tightening, units, max_elements,
+                                  relaxation, branches)
     if isinstance(attr, InputXGradient):
         return mul(inset.lo, inset.hi, glo, ghi, units)
     return glo, ghi
@@ -89,6 +95,8 @@ def _ig_box(
     tightening: str,
     units: Units,
     max_elements: int,
+    relaxation: str = "crown",
+    branches: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """(z - b) * sum_k w_k g(b + t_k (z - b)): path node k's set is b + t_k (set - b); the
     weighted sum of m node intervals is widened by 2 (m + 4) u sum_k w_k |g_k|_max."""
@@ -98,7 +106,7 @@ def _ig_box(
     m, bsz, shape = t.numel(), x.shape[0], x.shape[1:]
     path = path_sets(inset, b, t, units)
     glo, ghi = gradient_intervals(net, path, target.repeat_interleave(m), tightening, units,
-                                  max_elements)
+                                  max_elements, relaxation, branches)
     glo, ghi = glo.reshape((bsz, m) + shape), ghi.reshape((bsz, m) + shape)
     wv = w.view((1, m) + (1,) * len(shape))  # all weights are > 0
     slo, shi = (wv * glo).sum(dim=1), (wv * ghi).sum(dim=1)
