@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers.references import (
     autograd_saliency,
+    box_vertices,
     coordinate_gradient,
     full_jacobian,
     inf_to_two_enumerated,
@@ -96,8 +97,9 @@ def test_taylor_linf_brackets_the_enumerated_maximum(name, opts):
     d = 12
     model, x = _mlp(d, seed=3), _inputs((d,), b=3, seed=4)
     eps = 0.02
+    # domain=None: the whole cube (the clipped box has its own test below)
     res = bound(model, x, eps=eps, norm=float("inf"), attribution=name,
-                attribution_options=opts, method="taylor")
+                attribution_options=opts, method="taylor", domain=None)
     j = full_jacobian(model, name, x, **opts)
     exact = inf_to_two_enumerated(j)  # max over the 2^12 vertices of the cube of ||J s||_2
     sigma = top_singular_value(j)
@@ -107,6 +109,50 @@ def test_taylor_linf_brackets_the_enumerated_maximum(name, opts):
     assert torch.allclose(res.euclidean, eps * res.operator_norm)
     assert torch.allclose(res.extra["operator_norm_v0"], math.sqrt(d) * sigma, rtol=1e-5)
     assert res.norm == "inf"
+
+
+def _edge_inputs(d: int, b: int, seed: int) -> torch.Tensor:
+    """Inputs in [0, 1] with features AT the domain edges (0 and 1) and near them."""
+    x = _inputs((d,), b=b, seed=seed)
+    x[:, : d // 3] = 0.0  # on the lower edge (MNIST background)
+    x[:, d // 3 : d // 2] = 1.0  # on the upper edge
+    x[:, d // 2 : d // 2 + 2] = 0.01  # inside, closer than eps to the edge
+    return x
+
+
+@pytest.mark.parametrize(("name", "opts"), [
+    ("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"steps": 8})])
+def test_taylor_linf_domain_aware_is_above_the_clipped_box_vertices(name, opts):
+    d, eps = 12, 0.05
+    model, x = _mlp(d, seed=11), _edge_inputs(d, 3, 12)
+    res = bound(model, x, eps=eps, norm="inf", attribution=name, attribution_options=opts,
+                method="taylor")
+    j = full_jacobian(model, name, x, **opts)
+    vertices = box_vertices(x, eps, (0.0, 1.0))  # [2^d, B, d]: the clipped box's vertices
+    linear = torch.einsum("bij,pbj->pbi", j, vertices - x).norm(dim=2).amax(dim=0)
+    assert (res.euclidean >= linear).all(), (res.euclidean, linear)
+    assert (eps * res.lower <= linear * (1 + 1e-9)).all()  # a concrete vertex of the box
+    cube = eps * inf_to_two_enumerated(j)  # the unclipped cube's maximum
+    assert (res.euclidean < cube).all(), (res.euclidean, cube)  # the domain helps here
+    assert res.delta == 1e-3 and "probability" in res.guarantee
+
+
+@pytest.mark.parametrize("name", ["saliency", "integrated_gradients"])
+def test_region_linf_domain_aware_is_above_the_clipped_box_vertices(name):
+    d, eps = 10, 0.1
+    model, x = _mlp(d, seed=13), _edge_inputs(d, 2, 14)
+    opts = {"steps": 8} if name == "integrated_gradients" else {}
+    res = bound(model, x, eps=eps, norm="inf", attribution=name, attribution_options=opts)
+    a = attribution(name, model, **opts)
+    t = res.extra["target"]
+    # the map's true deviation at every vertex of the clipped box (a lower value of the sup)
+    worst = torch.cat([
+        vertex_max_deviation(lambda z, i=i: a(z, t[i].expand(z.shape[0])), x[i : i + 1], eps,
+                             (0.0, 1.0))
+        for i in range(x.shape[0])
+    ])
+    assert (worst <= res.euclidean).all(), (worst, res.euclidean)
+    assert (res.argmax >= 0).all() and (res.argmax <= 1).all()
 
 
 def test_cosine_bound_against_brute_force_on_the_sphere():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from helpers.references import (
+    box_vertices,
     dual_value,
     inf_to_two_enumerated,
     top_eigenvalue,
@@ -17,8 +18,10 @@ from helpers.references import (
 from attrbound import models
 from attrbound.attributions import attribution
 from attrbound.linalg import (
+    BoxOperator,
     DenseOperator,
     JacobianOperator,
+    clipped_box,
     inf_to_two,
     lanczos,
     random_start,
@@ -316,3 +319,22 @@ def test_weighted_dual_is_above_the_enumerated_maximum_for_any_weights(d):
     r = inf_to_two(DenseOperator(j), _start(b, d))
     assert (r.upper >= exact).all() and (r.lower <= exact * (1 + 1e-12)).all()
     assert (r.weights > 0).all()
+
+
+def test_box_operator_is_the_maximum_over_the_clipped_box():
+    # ||J [c, diag r]||_{inf->2} = max over the clipped box's vertices of ||J delta||
+    b, d, eps = 3, 12, 0.1
+    j = torch.randn(b, d, d, generator=_gen(60), dtype=torch.float64)
+    x = torch.rand(b, d, generator=_gen(61), dtype=torch.float64)
+    x[:, :4], x[:, 4:6], x[0, 6] = 0.0, 1.0, 0.03  # at and near the edges of [0, 1]
+    c, r = clipped_box(x, eps, (0.0, 1.0))
+    assert (r >= 0).all() and ((c - r) >= -eps).all() and ((c + r) <= eps).all()
+    deltas = box_vertices(x, eps, (0.0, 1.0)) - x  # [2^d, B, d]
+    exact = torch.einsum("bij,pbj->pbi", j, deltas).norm(dim=2).amax(dim=0)
+    op = BoxOperator(DenseOperator(j), c, r)
+    via = inf_to_two_enumerated(torch.cat([(j @ c[:, :, None]), j * r[:, None, :]], dim=2))
+    assert torch.allclose(via, exact, rtol=1e-12)
+    res = inf_to_two(op, _start(b, d + 1))
+    assert (res.upper >= exact).all() and (res.lower <= exact * (1 + 1e-12)).all()
+    assert (op.direction(res.sign) - c).abs().le(r + 1e-15).all()  # a vertex of the box
+    assert clipped_box(torch.full((1, 3), 0.5), 0.1, (0.0, 1.0)) is None  # nothing clipped

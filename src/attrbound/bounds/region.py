@@ -38,7 +38,7 @@ from attrbound.geometry import (
     steepest_direction,
     unit,
 )
-from attrbound.linalg import JacobianOperator, bilinear_gradient, is_symmetric
+from attrbound.linalg import JacobianOperator, bilinear_gradient, clipped_box, is_symmetric
 from attrbound.results import BoundResult
 
 #: the kinds of point the largest operator norm can come from (BoundResult.source)
@@ -79,8 +79,18 @@ def check_points(
 # ----------------------------------------------------------------------------------------
 
 
+def _vertex(g: Tensor, w: Tensor, box: tuple[Tensor, Tensor] | None, eps: float) -> Tensor:
+    """The l-inf step to the best vertex for the linear function <g, .>: sign(g) (zeros keep
+    w's entries), or with a clipped box (c, r) [N, n] the vertex (c + r sign(g)) / eps."""
+    if box is None:
+        return torch.where(g == 0, w, torch.sign(g))
+    c, r = (t.reshape(g.shape) for t in box)
+    return (c + r * torch.sign(g)) / eps
+
+
 def _screen(
-    attr: Attribution, z: Tensor, target: Tensor, warm: Tensor, norm: str, opts: dict[str, Any]
+    attr: Attribution, z: Tensor, target: Tensor, warm: Tensor, norm: str, opts: dict[str, Any],
+    box: tuple[Tensor, Tensor] | None = None, eps: float = 1.0,
 ) -> Tensor:
     """Cheap lower estimate of ||J(z)||_{p->2}, z [N, *S], from x's vector warm [N, n]:
     ||J(z) w|| after ``screen_iter`` - 1 power-iteration steps w <- J^T J w / ||J^T J w||
@@ -91,7 +101,7 @@ def _screen(
     w = warm
     for _ in range(opts["screen_iter"] - 1):
         m = op.gram(w)
-        w = unit(m) if norm == "2" else torch.where(m == 0, w, torch.sign(m))
+        w = unit(m) if norm == "2" else _vertex(m, w, box, eps)
     return op.matvec(w).flatten(1).norm(dim=1)
 
 
@@ -108,6 +118,7 @@ def _coarse_map(attr: Attribution, opts: dict[str, Any]) -> Attribution:
 def _ascend(
     attr: Attribution, x: Tensor, target: Tensor, z: Tensor, w: Tensor, eps: float, norm: str,
     domain: tuple[float, float] | None, opts: dict[str, Any],
+    box: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Projected gradient ascent on ||J(z)||_{p->2} from z [N, *S]; (best score [N], point).
 
@@ -115,7 +126,8 @@ def _ascend(
     (l-inf) and u = J w / ||J w||. Step t computes grad phi and, alternately, J(z) w (then
     u <- J w / ||J w||) or J(z)^T u (then w <- J^T u / ||J^T u|| or sign(J^T u)), i.e. half a
     power / sign iteration per step, tracking the pair as z moves. Every iterate is scored by
-    the lower value it yields (||J w||_2, ||J^T u||_2 for l2, ||J^T u||_1 for l-inf), then
+    the lower value it yields (||J w||_2, ||J^T u||_2 for l2, <J^T u, w> at the best vertex w
+    for l-inf, ||J^T u||_1 on the cube, or of the clipped ``box``), then
     z <- x + Proj(z - x + alpha dir(grad)), dir = sign (l-inf) or grad / ||grad||_2 (l2).
 
     Integrated gradients climb the coarser quadrature of :func:`_coarse_map`; the best point
@@ -139,8 +151,11 @@ def _ascend(
             g, aux = bilinear_gradient(attr, z, target, w, u, transpose=True)
         if transpose:  # aux = J(z)^T u
             flat = aux.flatten(1)
-            score = flat.norm(dim=1) if norm == "2" else flat.abs().sum(dim=1)
-            w = unit(aux) if norm == "2" else torch.where(aux == 0, w, torch.sign(aux))
+            if norm == "2":
+                score, w = flat.norm(dim=1), unit(aux)
+            else:  # <u, J w> at the best vertex w: a feasible value of the (clipped) set
+                w = _vertex(aux, w, box, eps)
+                score = (flat * w.flatten(1)).sum(dim=1)
         else:  # aux = J(z) w
             score = aux.flatten(1).norm(dim=1)
             u = unit(aux)
@@ -188,7 +203,8 @@ def region_pass(
     b, shape = x.shape[0], tuple(x.shape[1:])
     gen = gens[1]
     started = time.perf_counter()
-    sx = solve(attr, x, target, norm, opts, gens[0])
+    box = clipped_box(x, eps, domain) if norm == "inf" else None
+    sx = solve(attr, x, target, norm, opts, gens[0], box=box, eps=eps)
     seconds_x = time.perf_counter() - started
     at_x = Estimate.of(sx)
     best = torch.full((b,), -math.inf, dtype=sx.upper.dtype, device=x.device)
@@ -212,9 +228,10 @@ def region_pass(
 
     def screen(m: Attribution, flat: Tensor, reps: int) -> Tensor:
         tt, warm, of = target.repeat(reps), sx.vector.repeat(reps, 1), rows.repeat(reps)
+        bx = None if box is None else (box[0].repeat(reps, 1), box[1].repeat(reps, 1))
         (scores,) = in_rows(
             lambda sl: (_screen(m.for_rows(of[sl], x.shape), flat[sl], tt[sl], warm[sl], norm,
-                                opts),),
+                                opts, None if bx is None else (bx[0][sl], bx[1][sl]), eps),),
             reps * b, limit,
         )
         return scores
@@ -233,9 +250,11 @@ def region_pass(
         starts = [first] + [sample_ball(x, eps, norm, 1, gen, domain)[0] for _ in range(r - 1)]
         z0, xx = torch.cat(starts), x.repeat((r,) + (1,) * len(shape))
         tt, ww, of = target.repeat(r), sx.vector.repeat(r, 1), rows.repeat(r)
+        bx = None if box is None else (box[0].repeat(r, 1), box[1].repeat(r, 1))
         scores, zs = in_rows(
             lambda sl: _ascend(attr.for_rows(of[sl], x.shape), xx[sl], tt[sl], z0[sl], ww[sl],
-                               eps, norm, domain, opts),
+                               eps, norm, domain, opts,
+                               None if bx is None else (bx[0][sl], bx[1][sl])),
             r * b, limit,
         )
         top, idx = scores.reshape(r, b).max(dim=0)
@@ -243,7 +262,7 @@ def region_pass(
 
     if not bool(torch.isfinite(best).any()):
         return RegionPass(at_x, at_x, seconds_x, x.clone(), [SOURCES[0]] * b)
-    sb = solve(attr, best_z, target, norm, opts, gen)
+    sb = solve(attr, best_z, target, norm, opts, gen, box=box, eps=eps)
     value = torch.maximum(sb.upper, best)  # the lower estimate can only add safety
     use = value > sx.upper
 

@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from attrbound._validate import check_in_domain, require_smooth_or_surrogate
 from attrbound.attributions import Attribution, resolve_target
 from attrbound.bounds.options import _check_options, plain_options
-from attrbound.linalg import JacobianOperator, inf_to_two, random_start, top_singular
+from attrbound.linalg import (
+    BoxOperator,
+    JacobianOperator,
+    inf_to_two,
+    random_start,
+    round_up,
+    top_singular,
+)
 from attrbound.models import smooth_surrogate
 from attrbound.results import BoundResult, cosine_from_euclidean
 
@@ -64,30 +71,44 @@ class Solve:
 
 def solve(
     attr: Attribution, z: Tensor, target: Tensor, norm: str, opts: dict[str, Any],
-    gen: torch.Generator,
+    gen: torch.Generator, box: tuple[Tensor, Tensor] | None = None, eps: float = 1.0,
 ) -> Solve:
     """Tight solve at z [N, *S] (sigma_max for l2, the inf -> 2 dual for l-inf), always from
-    a random start vector drawn from ``gen``.
+    random start vectors drawn from ``gen``.
+
+    ``box`` (l-inf only, :func:`attrbound.linalg.clipped_box` of the set's centre x, flattened
+    [N, n] each): the perturbation set is the clipped box c + r * s instead of the cube
+    eps * s, and every value returned is max_{delta in box} ||J(z) delta|| / eps (so that
+    eps * value stays the deviation bound), computed as ||J [c, diag r]||_{inf->2}
+    (:class:`attrbound.linalg.BoxOperator`); ``vector`` is then the vertex delta / eps [N, n].
 
     Never warm-started from the vector of a nearby point or of a coarser map: a start close
     to the second singular vector has a small part along the top one, and a float32 solve can
-    then stop, "converged", short of sigma_max; a random start has no such bias.
+    then stop, "converged", short of sigma_max; a random start has no such bias (and the
+    certificate needs a start independent of the operator).
     """
     op = JacobianOperator(attr, z, target)
-    start = random_start((z.shape[0], op.n), z, gen)
     if norm == "2":
+        start = random_start((z.shape[0], op.n), z, gen)
         r = top_singular(op, start, tol=opts["tol"], max_iter=opts["max_iter"],
                          delta=opts["delta"])
         return Solve(op.value, r.upper, None, r.iterations, r.converged, r.vector, None,
                      r.sigma)
-    fresh = random_start((z.shape[0], op.n), z, gen)  # the certifying run's own start
+    solved: JacobianOperator | BoxOperator = op if box is None else BoxOperator(op, *box)
+    start = random_start((z.shape[0], solved.n), z, gen)
+    fresh = random_start((z.shape[0], solved.n), z, gen)  # the certifying run's own start
     d = inf_to_two(
-        op, start, certify_start=fresh, tol=opts["tol"], max_iter=opts["max_iter"],
+        solved, start, certify_start=fresh, tol=opts["tol"], max_iter=opts["max_iter"],
         dual_steps=opts["dual_steps"], inner_iter=opts["inner_iter"],
         sign_steps=opts["sign_steps"], delta=opts["delta"],
     )
-    return Solve(op.value, d.upper, d.lower, d.iterations, d.converged, d.sign, d.upper_v0,
-                 d.ritz)
+    if box is None:
+        return Solve(op.value, d.upper, d.lower, d.iterations, d.converged, d.sign,
+                     d.upper_v0, d.ritz)
+    k = 1.0 / eps
+    return Solve(op.value, round_up(d.upper.double() * k * (1 + 1e-15), d.upper.dtype),
+                 d.lower * k, d.iterations, d.converged, solved.direction(d.sign) * k,
+                 d.upper_v0 * k, d.ritz * k)
 
 
 @dataclass

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from attrbound.linalg import certificate
 from attrbound.linalg.operators import (
+    BoxOperator,
     DenseOperator,
     JacobianOperator,
     bilinear_gradient,
+    clipped_box,
     is_symmetric,
 )
 from attrbound.linalg.spectral import (
@@ -27,12 +29,14 @@ from attrbound.linalg.spectral import (
     default_tol,
     lanczos,
     random_start,
+    round_up,
     sign_iteration,
     top_singular,
 )
 from attrbound.linalg.weighted import InfToTwo, inf_to_two, weighted_bound
 
 __all__ = [
+    "BoxOperator",
     "DenseOperator",
     "Eigen",
     "InfToTwo",
@@ -42,11 +46,13 @@ __all__ = [
     "bilinear_gradient",
     "certificate",
     "certified_gap",
+    "clipped_box",
     "default_tol",
     "inf_to_two",
     "is_symmetric",
     "lanczos",
     "random_start",
+    "round_up",
     "sign_iteration",
     "top_singular",
     "weighted_bound",

@@ -124,6 +124,63 @@ class DenseOperator:
         return DenseOperator(self.mats[rows], self.symmetric)
 
 
+def clipped_box(
+    x: Tensor, eps: float, domain: tuple[float, float] | None
+) -> tuple[Tensor, Tensor] | None:
+    """The l-inf ball of radius eps around x [B, *S] intersected with the domain box, per
+    feature delta_i in [a_i, b_i] = [max(-eps, lo - x_i), min(eps, hi - x_i)], written
+    delta = c + r * s with |s_i| <= 1: (c, r) flattened [B, n], c = (a + b) / 2,
+    r = (b - a) / 2 >= 0. None when no feature of the batch is clipped (then c = 0, r = eps).
+    """
+    if domain is None:
+        return None
+    flat = x.flatten(1)
+    a = torch.clamp(domain[0] - flat, min=-eps)
+    bb = torch.clamp(domain[1] - flat, max=eps)
+    if bool((a <= -eps).all() and (bb >= eps).all()):
+        return None
+    bb = torch.maximum(bb, a)  # x outside the domain: a degenerate box, never an empty one
+    return (a + bb) / 2, (bb - a) / 2
+
+
+class BoxOperator:
+    """J~ = J [c, diag(r)] (n x (n + 1)) for the clipped box delta = c + r * s, |s| <= 1.
+
+    ||J~ [s_0; s]|| over s_0, s_i in {-1, 1} equals max over the box's vertices of
+    ||J delta||, so ||J~||_{inf->2} is the exact maximum of ||J delta|| over the clipped box
+    (a convex function peaks at a vertex; s -> -s maps s_0 = -1 to s_0 = 1). Vectors
+    [B, n + 1] (the first coordinate is s_0); ``base`` is J's operator (vectors [B, n]).
+    """
+
+    symmetric = False
+
+    def __init__(self, base: JacobianOperator | DenseOperator, c: Tensor, r: Tensor) -> None:
+        self.base, self.c, self.r = base, c, r
+        self.n = base.n + 1
+        self.shape = (c.shape[0], self.n)
+
+    def direction(self, v: Tensor) -> Tensor:
+        """delta = v_0 c + r * v_{1:} [B, n] for v [B, n + 1]."""
+        return v[:, :1] * self.c + self.r * v[:, 1:]
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """J~ v = J (v_0 c + r * v_{1:}): [B, n + 1] -> [B, n]."""
+        return self.base.matvec(self.direction(v))
+
+    def rmatvec(self, u: Tensor) -> Tensor:
+        """J~^T u = [c . J^T u; r * J^T u]: [B, n] -> [B, n + 1]."""
+        g = self.base.rmatvec(u)
+        return torch.cat([(self.c * g).sum(dim=1, keepdim=True), self.r * g], dim=1)
+
+    def gram(self, v: Tensor) -> Tensor:
+        """J~^T J~ v: [B, n + 1] -> [B, n + 1]."""
+        return self.rmatvec(self.matvec(v))
+
+    def restrict(self, rows: Tensor) -> BoxOperator:
+        """The operator of the examples ``rows`` only."""
+        return BoxOperator(self.base.restrict(rows), self.c[rows], self.r[rows])
+
+
 def bilinear_gradient(
     attr: Attribution,
     z: Tensor,
@@ -160,4 +217,5 @@ def bilinear_gradient(
     return grad, aux.detach()
 
 
-__all__ = ["DenseOperator", "JacobianOperator", "bilinear_gradient", "is_symmetric"]
+__all__ = ["BoxOperator", "DenseOperator", "JacobianOperator", "bilinear_gradient",
+           "clipped_box", "is_symmetric"]
