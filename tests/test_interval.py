@@ -789,3 +789,19 @@ def test_gradient_options_are_checked():
         interval_bound(model, x, eps=0.1, norm="inf", branches=0)
     with pytest.raises(AttrboundError, match="gradient_relaxation"):
         interval_bound(model, x, eps=0.1, norm="inf", gradient_relaxation="sdp")
+
+
+def test_cosine_not_vacuous_once_euclidean_is_below_the_map_norm():
+    """Wherever the certified euclidean bound is below ||A(x)||, the certified cosine is
+    positive (sqrt(1 - (euclidean / |A(x)|_min)^2), rounded down, |A(x)|_min the certified
+    lower end of ||A(x)||)."""
+    seen = 0
+    for seed, act in enumerate(ACTS):
+        model = _net("cnn", act, 3.0, True, True, seed=seed)
+        x = _inputs(seed)
+        for eps in (0.003, 0.03, 0.1):
+            res = interval_bound(model, x, eps=eps, norm="inf")
+            inside = res.euclidean < 0.999 * res.attr_norm
+            seen += int(inside.sum())
+            assert torch.all(res.cosine[inside] > 0)
+    assert seen > 0

@@ -1,8 +1,8 @@
 """Certified bounds by interval propagation through the forward AND gradient passes
 (docs/design.md section 4).
 
-For a model f = F_n o sigma_n o ... o sigma_1 o F_0 (F_i affine blocks, sigma_i elementwise
-activations), target t and the perturbation set
+For a model f (a chain F_n o sigma_n o ... o sigma_1 o F_0 of affine blocks F_i and elementwise
+activations sigma_i, or a graph of such ops traced by torch.fx), target t and the set
 
     S(x) = { z : ||z - x||_p <= eps,  lo <= z <= hi }          (p in {2, inf}),
 
@@ -12,16 +12,21 @@ gradients (z - b) * sum_k w_k g(b + t_k (z - b)), and from them a Euclidean uppe
 cosine lower bound on the deviation of A(z) from A(x). The steps, one module each:
 
 1. :mod:`.perturbation`: the input set (a box, and for l2 the ball) and the first-layer ball;
-2. :mod:`.forward`: bounds on every pre-activation (IBP, and CROWN back-substitution by default);
-3. :mod:`.gradient`: the interval chain rule g = W_0^T D_1 W_1^T ... D_n W_n^T e_t, D_i the
-   activation derivative ranges on each neuron's interval;
-4. :mod:`.attribution`: the attribution's intervals from the gradient's;
+2. :mod:`.forward` (chain) / :mod:`.dag_forward` (graph): bounds on every pre-activation (IBP,
+   and CROWN back-substitution by default);
+3. :mod:`.gradient` (chain) / :mod:`.dag_gradient` (graph): the interval chain rule
+   g = W_0^T D_1 W_1^T ... D_n W_n^T e_t, D_i the activation derivative ranges, summed where
+   the graph fans out; for chains intersected with the linear bounds of :mod:`.gradient_crown`
+   and refined by branch and bound on ReLU derivative states (:mod:`.branching`);
+4. :mod:`.attribution`: the attribution's intervals from the gradient's (the integrated-
+   gradients path points are one batch through one propagation);
 5. :mod:`.deviation`: the Euclidean and cosine bounds from the intervals.
 
-The network (:mod:`.graph`) is a chain of ops looked up in the registry of :mod:`.ops` (one
-file per op family). Soundness in floating point: everything is computed in float64 and
-rounded outward so that each interval contains both the exact value and the value the model
-computes in its own format (:mod:`.rounding` states the rounding model).
+The network is a chain of ops (:mod:`.graph`) for an ``nn.Sequential`` of the chain layers,
+else the traced graph of :mod:`.dag`; the ops come from the registry of :mod:`.ops`. Soundness
+in floating point: everything is computed in float64 and rounded outward so that each interval
+contains both the exact value and the value the model computes in its own format
+(:mod:`.rounding` states the rounding model).
 
 Batched over inputs; device and dtype follow the inputs (results in the input's dtype, rounded
 outward).
@@ -200,8 +205,11 @@ def interval_bound(
 
     Args:
         model: an ``nn.Sequential`` (nested allowed) of Linear, Conv2d, Flatten, AvgPool2d,
-            BatchNorm1d/2d (eval), ReLU, Softplus, ELU, Tanh, Sigmoid; any other layer raises
-            AttrboundError naming it. ReLU is handled exactly (no surrogate).
+            BatchNorm1d/2d (eval), ReLU, Softplus, ELU, Tanh, Sigmoid, or any model torch.fx
+            traces into the nodes of SUPPORTED_NODES (residual adds, cat, reshapes, max /
+            adaptive / mean pooling, functional activations); any other node raises
+            AttrboundError naming it and the supported list; a model in training mode is
+            refused. ReLU is handled exactly (no surrogate).
         x: inputs [B, *S] inside ``domain``.
         eps, norm: radius (> 0) and norm (2 or "inf").
         attribution: "saliency", "input_x_gradient", "integrated_gradients" or such an
