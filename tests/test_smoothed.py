@@ -364,3 +364,26 @@ def test_bad_attribution_options():
     with pytest.raises(AttrboundError, match="smooths one of"):
         attrbound.bound(model, torch.rand(1, 4, dtype=torch.float64), eps=0.1, norm=2,
                         method="smoothed", attribution="smoothgrad")
+
+
+# ---------------------------------------------------------------------------- campaign, report
+
+
+def test_grid_pairs_the_smoothed_bound_with_the_smoothed_map():
+    from attrbound.campaign import Grid
+
+    Grid(model="m", attributions=("saliency",), bounds=("smoothed",), attacks=())
+    Grid(model="m", attributions=("smoothed",), bounds=("smoothed",), attacks=("pgd",))
+    with pytest.raises(AttrboundError, match="use attribution smoothed"):
+        Grid(model="m", attributions=("saliency",), bounds=("smoothed",), attacks=("pgd",))
+
+
+def test_report_plots_the_certified_cosine_per_sigma(tmp_path):
+    from attrbound.report.figures import plot_smoothed_cosine
+
+    rows = [{"attribution": "smoothed", "norm": "2", "eps": eps,
+             "bounds": {"smoothed": {"cosine": c, "sigma": sigma}}}
+            for sigma in (0.12, 0.25) for eps, c in ((0.01, 0.99), (0.1, 0.5), (1.0, -1.0))]
+    assert plot_smoothed_cosine(rows, tmp_path / "s.png") == "s.png"
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert plot_smoothed_cosine([{**rows[0], "bounds": {}}], tmp_path / "t.png") is None

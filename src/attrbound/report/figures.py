@@ -18,7 +18,7 @@ from attrbound.campaign import attack_value, finite_or_none, summarize
 
 #: colours of the bound methods and of the best attack in the figures
 COLOURS = {"taylor": "tab:blue", "region": "tab:green", "interval": "tab:purple",
-           "attack": "black"}
+           "smoothed": "tab:orange", "attack": "black"}
 
 
 def figure(rows: int, cols: int, size: tuple[float, float] = (4.2, 3.2)) -> tuple[Figure, Any]:
@@ -142,6 +142,39 @@ def plot_tightness(rows: list[dict[str, Any]], path: Path) -> str:
             _title(ax, a, p)
             ax.set_xlabel("tightness L / U")
             ax.set_ylabel("inputs")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
+    return save(fig, path)
+
+
+def plot_smoothed_cosine(rows: list[dict[str, Any]], path: Path) -> str | None:
+    """Median over inputs of the certified cosine of method ``smoothed`` (probability
+    >= 1 - alpha) against eps, one line per sigma; one panel per (attribution, norm).
+    None (no file) when no row has a smoothed bound."""
+    found = [r for r in rows if finite_or_none(r.get("bounds", {}).get("smoothed", {})
+                                               .get("cosine")) is not None]
+    if not found:
+        return None
+    attributions, norms = panels(found)
+    fig, axes = figure(len(attributions), len(norms))
+    for i, a in enumerate(attributions):
+        for j, p in enumerate(norms):
+            ax = axes[i][j]
+            curves: dict[float, dict[float, list[float]]] = {}
+            for r in found:
+                if r["attribution"] == a and r["norm"] == p:
+                    b = r["bounds"]["smoothed"]
+                    curves.setdefault(float(b.get("sigma") or math.nan), {}).setdefault(
+                        float(r["eps"]), []).append(float(b["cosine"]))
+            for sigma, by_eps in sorted(curves.items()):
+                eps = sorted(by_eps)
+                med = [sorted(by_eps[e])[len(by_eps[e]) // 2] for e in eps]
+                ax.plot(eps, med, "-", marker="o", ms=3, label=f"sigma {sigma:g}")
+            ax.set_xscale("log")
+            ax.set_ylim(-1.05, 1.05)
+            _title(ax, a, p)
+            ax.set_xlabel("eps")
+            ax.set_ylabel("certified cos(h(x), h(x'))")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
     return save(fig, path)

@@ -21,6 +21,7 @@ from attrbound.report.figures import (
     methods,
     plot_bound_vs_attack,
     plot_deviation_vs_eps,
+    plot_smoothed_cosine,
     plot_tightness,
 )
 from attrbound.report.gallery import render_gallery, worst_rows
@@ -142,6 +143,11 @@ def write_report(
         ("Tightness", plot_tightness(rows, out / "tightness.png"),
          "Best attack / bound per input (1 = tight; above 1 = violation)."),
     ]
+    smoothed = plot_smoothed_cosine(rows, out / "smoothed_cosine.png")
+    if smoothed is not None:
+        figs.append(("Smoothed map: certified cosine against eps", smoothed,
+                     "Median over inputs of the certified cosine of method smoothed (probability "
+                     ">= 1 - alpha over attrbound's samples), one line per sigma; -1: vacuous."))
     gallery_html = _gallery_html(rows_path, rows, out, worst) if gallery and worst > 0 else ""
     (out / "report.html").write_text(_page(rows, rows_path, summary, figs, gallery_html))
     return out / "report.html"
