@@ -92,9 +92,7 @@ def crown_gradient(
         eye = torch.cat([eye, -eye]).reshape((2 * r,) + shape)
         for n0 in range(0, n, nb):
             s = slice(n0, min(n, n0 + nb))
-            m = s.stop - s.start
-            lam = eye.unsqueeze(0).expand((m,) + eye.shape).clone()
-            lo = _rows(net, trace, lam, target[s], units, s)
+            lo = _rows(net, trace, eye.unsqueeze(0), target[s], units, s)
             lower[s, r0: r0 + r] = lo[:, :r]
             upper[s, r0: r0 + r] = -lo[:, r:]
     assert trace.err is not None
@@ -106,17 +104,22 @@ def crown_gradient(
 
 def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
           s: slice) -> Tensor:
-    """Lower bound [m, R] of Lambda . g for rows Lambda [m, R, *S]."""
-    m, r = lam.shape[:2]
+    """Lower bound [m, R] of Lambda . g for the m inputs of slice ``s`` and rows Lambda
+    [1, R, *S], the same for all of them until the first product makes them per input."""
+    m = s.stop - s.start
+    r = lam.shape[1]
     const = lam.new_zeros(m, r)
     err = lam.new_zeros(m, r)
     last = len(net.blocks) - 1
     for i, block in enumerate(net.blocks):
         for o, op in enumerate(block):
+            shared = lam.shape[0] == 1
             if not op.exact:
-                err = err + op.crown_gamma(units) * _absdot(lam, trace.tm[i][o][s], False)
-            out = op.linear(lam.reshape((m * r,) + op.in_shape))
-            lam = out.reshape((m, r) + op.out_shape)
+                rows = lam[0] if shared else lam
+                err = err + op.crown_gamma(units) * _absdot(rows, trace.tm[i][o][s], shared)
+            lead = lam.shape[0]
+            out = op.linear(lam.reshape((lead * r,) + op.in_shape))
+            lam = out.reshape((lead, r) + op.out_shape)
         if i == last:
             break
         dl, du, yl, yu = (t[s] for t in trace.prods[i])
@@ -127,7 +130,7 @@ def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
         dotb = (lam * b).flatten(2).sum(2)
         d = math.prod(lam.shape[2:])
         err = err + units.gamma(d) * (lam * b).abs().flatten(2).sum(2)
-        lam = lam * a
+        lam = lam * a  # now [m, R, *shape]: per input
         err = err + 2 * U64 * _absdot(lam, mag(yl, yu), False)
         const = const + dotb
         err = err + 2 * units.u * const.abs()
