@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bounds", "attacks", "interval", "model_ranking"]
+ORDER = ["bounds", "attacks", "interval", "model_ranking", "smoothed"]
 
 
 def main(names: list[str]) -> int:
