@@ -1,4 +1,4 @@
-"""Attack throughput: attacks per second on the MNIST CNN, CPU.
+"""Attack throughput on the MNIST CNN (CPU), and the default attack against fixed-step PGD.
 
 One attack = one input x one restart of one method. Configuration measured: PGD, 20 steps,
 l-inf, eps = 0.1, euclidean objective, one restart, on ``models.cnn((1, 28, 28))`` (softplus,
@@ -11,7 +11,14 @@ it exists, else the same architecture trained here for 1 epoch on the bundled MN
 images, else (no data) random weights; inputs are bundled MNIST test images when available,
 else uniform noise. The table says which. Throughput hardly depends on the weights.
 
-Run from the repository root (a few minutes on a CPU):
+Strength (section 2): on the same inputs, fixed-step PGD (``schedule="fixed"``: PGD-20,
+PGD-50, PGD-100 with 4 restarts) against the default attack (``attack()`` with its default
+schedule, steps and restarts), for saliency and integrated gradients (4 steps, as the demo),
+l-inf eps 0.05 and 0.1 and l2 eps 0.1 and 0.2 (values of the demo's grid): mean and median
+euclidean deviation, their ratio to PGD-100x4, the share of inputs where the default reaches
+PGD-100x4, gradient evaluations per input and seconds.
+
+Run from the repository root (about 15 minutes on 2 shared CPU cores):
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_attacks.py
 
@@ -24,6 +31,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +39,7 @@ from pathlib import Path
 import torch
 
 from attrbound import data, models
-from attrbound.attacks import attack
+from attrbound.attacks import DEFAULT_APGD_RESTARTS, DEFAULT_APGD_STEPS, attack
 from attrbound.training import accuracy, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +73,18 @@ def load_model() -> tuple[torch.nn.Module, str]:
     return models.freeze(model), "UNTRAINED models.cnn((1,28,28)) softplus (seed 0)"
 
 
+def commit() -> str:
+    """The checked-out commit (short hash), with '+ uncommitted changes' when the tree differs."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
+                               check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return head + (" + uncommitted changes under src/" if dirty else "")
+
+
 def load_inputs(n: int) -> tuple[torch.Tensor, str]:
     try:
         images, _ = data.load("mnist", "test")
@@ -84,14 +104,55 @@ def timed(model, x, reps: int, **kw) -> tuple[int, list[float]]:
     return runs, times
 
 
+#: fixed-step references of the strength section: (label, steps, restarts)
+FIXED = (("PGD-20", 20, 1), ("PGD-50", 50, 1), ("PGD-100x4", 100, 4))
+#: (attribution, its options, norm, eps) of the strength section
+SETTINGS = [(attr, opts, norm, eps)
+            for attr, opts in (("saliency", {}), ("integrated_gradients", {"steps": 4}))
+            for norm, eps in (("inf", 0.05), ("inf", 0.1), ("2", 0.1), ("2", 0.2))]
+
+
+def strength(model, x: torch.Tensor, n_ig: int) -> list[str]:
+    """Section 2: the default attack against fixed-step PGD on the same inputs (markdown)."""
+    default = (f"default (apgd {DEFAULT_APGD_STEPS} x {DEFAULT_APGD_RESTARTS})", None, None)
+    lines = [
+        "| attribution | norm | eps | inputs | attack | gradient evaluations / input | "
+        "mean | median | mean / PGD-100x4 | median / PGD-100x4 | inputs >= PGD-100x4 | "
+        "seconds |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for attr, opts, norm, eps in SETTINGS:
+        xs = x if attr == "saliency" else x[:n_ig]
+        runs = {}
+        for label, steps, restarts in (*FIXED, default):
+            kw = {} if steps is None else dict(schedule="fixed", steps=steps, restarts=restarts)
+            res = attack(model, xs, eps=eps, norm=norm, attribution=attr,
+                         attribution_options=opts, **kw)
+            runs[label] = (res.euclidean, res.steps * res.restarts, res.seconds)
+        ref = runs["PGD-100x4"][0]
+        for label, (dev, evals, secs) in runs.items():
+            reach = (dev >= ref * (1 - 1e-6)).float().mean().item()
+            lines.append(
+                f"| {attr} | {norm} | {eps:g} | {len(xs)} | {label} | {evals} | "
+                f"{dev.mean():.4f} | {dev.median():.4f} | {dev.mean() / ref.mean():.3f} | "
+                f"{dev.median() / ref.median():.3f} | {100 * reach:.0f}% | {secs:.1f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="skip integrated gradients at 256")
+    p.add_argument("--skip-throughput", action="store_true",
+                   help="only the strength section (section 1 then points to its last run)")
+    p.add_argument("--n", type=int, default=64, help="inputs of the strength section (64)")
+    p.add_argument("--n-ig", type=int, default=32,
+                   help="of which integrated gradients attacks the first (32)")
     args = p.parse_args()
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, torch.get_num_threads())))
     model, model_desc = load_model()
     x, input_desc = load_inputs(256)
-    common = dict(eps=0.1, norm="inf", steps=20, restarts=1)
+    common = dict(eps=0.1, norm="inf", steps=20, restarts=1, schedule="fixed")
     # warm-up (allocator, thread pool)
     attack(model, x[:8], **common)
     attack(model, x[:2], attribution="integrated_gradients", **common)
@@ -106,6 +167,8 @@ def main() -> int:
     ]
     if args.quick:
         cases = [c for c in cases if not (c[1] == "integrated_gradients" and c[2] == 256)]
+    if args.skip_throughput:
+        cases = []
     rows = []
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -127,6 +190,10 @@ def main() -> int:
               f"(best {best:.3f} s, median {med:.3f} s per call of {reps}); "
               f"10M attacks: {ten_m:,.0f} h", flush=True)
     total = time.perf_counter() - started
+    load_strength = os.getloadavg()[0]
+    started = time.perf_counter()
+    table = strength(model, x[: args.n], args.n_ig)
+    total_strength = time.perf_counter() - started
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -136,9 +203,12 @@ def main() -> int:
     except OSError:
         pass
     lines = [
-        "# Attack throughput (CPU)",
+        "# Attacks on the MNIST CNN (CPU): throughput, and the default attack's strength",
         "",
-        "Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_attacks.py`",
+        "Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_attacks.py"
+        + "".join(f" {arg}" for arg in sys.argv[1:]) + "`",
+        "",
+        f"- Commit: {commit()}",
         "",
         f"- Machine: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
@@ -146,8 +216,12 @@ def main() -> int:
         f"{os.getloadavg()[0]:.2f} (other jobs share these cores)",
         f"- Model: {model_desc}",
         f"- Inputs: {input_desc}",
-        "- Attack: l-inf, eps 0.1, 20 steps (21 scored iterates), 1 restart, euclidean "
-        "objective; ifia_topk k = 100; random n = 21 (the same number of evaluations); "
+        "",
+        "## 1. Throughput",
+        "",
+        "- Attack: l-inf, eps 0.1, fixed-step schedule, 20 steps (21 scored iterates), 1 "
+        "restart, euclidean objective (the APGD schedule costs the same per step); "
+        "ifia_topk k = 100; random n = 21 (the same number of evaluations); "
         "integrated gradients with 32 Riemann-midpoint steps; default batch_size (512 "
         "model evaluations per pass: 16 inputs per pass for integrated gradients).",
         "- One attack = one input x one restart. Rate = inputs / wall time of the fastest "
@@ -163,7 +237,21 @@ def main() -> int:
     for method, attr, batch, reps, best, med, rate, rate_med, ten_m in rows:
         lines.append(f"| {method} | {attr} | {batch} | {reps} | {best:.3f} | {med:.3f} | "
                      f"{rate:.2f} | {rate_med:.2f} | {ten_m:,.0f} |")
-    lines += ["", f"Total benchmark time: {total:.0f} s.", ""]
+    if not rows:
+        lines.append("| not measured in this run (`--skip-throughput`): see this file at commit "
+                     "1dca4a4 for the last measurement (fixed-step PGD-20) | | | | | | | | |")
+    lines += ["", f"Section time: {total:.0f} s.", "",
+              "## 2. The default attack against fixed-step PGD", "",
+              "Same inputs (the first of those above) for every attack of a row group; "
+              "deviation = ||A(x_adv) - A(x)||_2 (euclidean objective) on the model's map; "
+              "PGD-k(xR) = `attack(..., schedule='fixed', steps=k, restarts=R)` (step 2.5 eps "
+              "/ k, the attack of earlier versions); default = `attack(...)` with no budget "
+              "given. Integrated gradients with 4 steps (the demo's). Cost in gradient "
+              "evaluations (steps x restarts per input; each run also scores its last "
+              "iterate); seconds are one call each, while other jobs shared the 2 cores "
+              f"(load average {load_strength:.2f} -> {os.getloadavg()[0]:.2f}), so compare "
+              "the evaluations. Every deviation is a lower bound on the worst case: higher is "
+              "stronger.", "", *table, "", f"Section time: {total_strength:.0f} s.", ""]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")

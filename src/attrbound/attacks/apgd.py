@@ -84,6 +84,10 @@ def ascend_apgd(
           Condition 2: eta was not halved at w_{j-1} and f_max did not grow since w_{j-1}
         (w_0 = 0).
 
+    Details the paper leaves open: the start is uniform in ball ∩ domain (as the fixed
+    schedule's); after a restart from z_max the next rise is counted against f_max; the
+    checkpoint after the last step is not used (no step follows it).
+
     Every iterate z_0 .. z_N is scored (N + 1 evaluations, N gradients, as the fixed
     schedule) and offered to the label-keeping selection: the reported point is the best
     iterate whose real-model class is that of x, or x itself when none beats x. Each run keeps

@@ -6,8 +6,8 @@ Every objective maps the attribution a = A(z) of a batch of iterates [N, *S] to
 - ``score(a, state)`` [N]: how successful the iterate is (higher is better),
 
 given per-example ``state`` computed once from the clean maps A(x) by ``prepare``. The engine
-(:mod:`attrbound.attacks.engine`) runs the ascent or the sampling; an objective only says
-what "far from A(x)" means.
+(:mod:`attrbound.attacks.engine`, :mod:`attrbound.attacks.apgd`) runs the ascent or the
+sampling; an objective only says what "far from A(x)" means.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from attrbound.errors import check_choice
 
 #: distances of :class:`PGD` and :class:`RandomSampling`.
 OBJECTIVES = ("euclidean", "cosine")
-#: default number of gradient steps: PGD-20, the evaluation attack of Madry et al. 2018.
+#: default number of gradient steps of the fixed-step schedule: PGD-20, the evaluation attack
+#: of Madry et al. 2018 (the APGD schedule's defaults are in :mod:`attrbound.attacks.apgd`).
 DEFAULT_STEPS = 20
 #: default random samples: Quantus' MaxSensitivity ``nr_samples`` (Captum's sensitivity_max: 10).
 DEFAULT_SAMPLES = 200
@@ -86,8 +87,10 @@ class PGD(Objective):
     Distance: ``objective="euclidean"`` ascends 1/2 ||A(z) - A(x)||_2^2 (score
     ||A(z) - A(x)||_2); ``"cosine"`` descends cos(A(z), A(x)) (score -cos).
 
-    Defaults: steps = 20 (PGD-20), step size alpha = 2.5 eps / steps, 1 restart, random start;
-    l-inf sign steps z += alpha sign(g), l2 normalised steps z += alpha g / ||g||_2.
+    Defaults: the APGD schedule of Croce & Hein 2020 (2 runs of 25 steps from random starts,
+    initial step 2 eps, halved on stagnation; :mod:`attrbound.attacks.apgd`); with
+    ``schedule="fixed"``, Madry et al.'s PGD-20: 20 steps of alpha = 2.5 eps / steps, 1
+    restart. l-inf sign steps z += alpha sign(g), l2 normalised steps z += alpha g / ||g||_2.
 
     Shape: maps a [N, *S]; gain and score [N].
 
@@ -132,8 +135,9 @@ class IFIATopK(Objective):
     (normalised to unit mass, so that shrinking the whole map does not count). Score: minus
     the top-k intersection |topk m(x) ∩ topk m(z)| / k, ties broken by the lower frac.
 
-    Defaults: k = 100 on 28x28 inputs (Chen et al. 2019; :func:`default_k`), 20 steps of
-    2.5 eps / steps, sign steps (l-inf) or normalised steps (l2).
+    Defaults: k = 100 on 28x28 inputs (Chen et al. 2019; :func:`default_k`); the steps of
+    :class:`PGD` (APGD, or ``schedule="fixed"``: 20 steps of 2.5 eps / steps), sign steps
+    (l-inf) or normalised steps (l2).
 
     Shape: maps a [N, *S]; the mask of K [N, pixels]; gain and score [N].
 
@@ -185,7 +189,8 @@ class IFIACenter(Objective):
 
     ascend 1/2 ||c(z) - c(x)||_2^2 (score ||c(z) - c(x)||_2, in pixels).
 
-    Defaults: 20 steps of 2.5 eps / steps, sign steps (l-inf) or normalised steps (l2).
+    Defaults: the steps of :class:`PGD` (APGD, or ``schedule="fixed"``: 20 steps of
+    2.5 eps / steps), sign steps (l-inf) or normalised steps (l2).
 
     Shape: maps a [N, *S]; centres [N, spatial dims]; gain and score [N].
 
