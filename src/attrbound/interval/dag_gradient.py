@@ -13,53 +13,110 @@ format, the bound in float64: u counts both) and rounded outward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from attrbound.interval.dag import Dag
-from attrbound.interval.rounding import Units, mag, mul, outward
+from attrbound.interval.rounding import U64, Units, mag, mul, outward, up
 
-__all__ = ["dag_gradient"]
+__all__ = ["DagTrace", "dag_gradient"]
+
+
+@dataclass
+class DagTrace:
+    """Recorded by :func:`dag_gradient` for the linear bounds of
+    :mod:`attrbound.interval.dag_gradient_crown`: per node its gradient interval G_v
+    (``grads``), for affine nodes |op^T| |G_v| rounded up (``tm``), for act nodes the
+    derivative range (``derivs``), and E [N, *S], a bound on |evaluated - exact| of g."""
+
+    grads: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    tm: dict[int, Tensor] = field(default_factory=dict)
+    derivs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    err: Tensor | None = None
 
 
 def dag_gradient(
-    dag: Dag, bounds: list[tuple[Tensor, Tensor]], target: Tensor, units: Units
+    dag: Dag, bounds: list[tuple[Tensor, Tensor]], target: Tensor, units: Units,
+    trace: DagTrace | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Intervals [N, *S] of g over the set, from the node bounds of
-    :func:`attrbound.interval.dag_forward.dag_forward` and targets [N] (int64)."""
+    :func:`attrbound.interval.dag_forward.dag_forward` and targets [N] (int64). With
+    ``trace``, also E: through op^T |op^T| E (1 + gamma) + gamma |op^T| |G|; times d,
+    |d|_max E + 2 u |d G|_max; summed at fan-outs, plus u |sum|."""
     k = dag.out_shape[0]
     one = F.one_hot(target, k).to(torch.float64)
     grads: dict[int, tuple[Tensor, Tensor]] = {len(dag.nodes) - 1: (one, one.clone())}
+    errs: dict[int, Tensor] = {len(dag.nodes) - 1: torch.zeros_like(one)}
 
-    def acc(t: int, lo: Tensor, hi: Tensor) -> None:
+    def acc(t: int, lo: Tensor, hi: Tensor, e: Tensor | None = None) -> None:
         if t in grads:
             lo, hi = grads[t][0] + lo, grads[t][1] + hi
             lo, hi = outward(lo, hi, units.u * mag(lo, hi) + units.abs_tiny(2))
+            if e is not None:
+                e = up((errs[t] + e) * (1 + 4 * U64) + units.u * mag(lo, hi)
+                       + units.abs_tiny(2))
         grads[t] = (lo, hi)
+        if e is not None:
+            errs[t] = e
 
     for v in range(len(dag.nodes) - 1, -1, -1):
         if v not in grads:
             continue
         glo, ghi = grads.pop(v)
+        e = errs.pop(v, None) if trace is not None else None
         node = dag.nodes[v]
+        if trace is not None:
+            trace.grads[v] = (glo, ghi)
         if node.kind == "input":
+            if trace is not None:
+                trace.err = e
             return glo, ghi
         if node.kind == "affine":
-            acc(node.args[0], *node.op.ibp_transpose(glo, ghi, units))
+            op = node.op
+            ea = None
+            if trace is not None and e is not None:
+                if op.exact:
+                    ea = op.transpose(e)
+                else:
+                    g = units.gamma(op.fan)
+                    tm = up(op.abs_transpose(mag(glo, ghi)) * (1 + g))
+                    trace.tm[v] = tm
+                    ea = up(op.abs_transpose(e) * (1 + g) + g * tm + units.abs_tiny(op.fan))
+            acc(node.args[0], *op.ibp_transpose(glo, ghi, units), ea)
         elif node.kind == "act":
             dlo, dhi = node.op.deriv_range(*bounds[node.args[0]], units)
-            acc(node.args[0], *mul(glo, ghi, dlo, dhi, units))
+            plo, phi = mul(glo, ghi, dlo, dhi, units)
+            ea = None
+            if trace is not None and e is not None:
+                trace.derivs[v] = (dlo, dhi)
+                ea = up(mag(dlo, dhi) * e + 2 * units.u * mag(plo, phi) + units.abs_tiny(1))
+            acc(node.args[0], plo, phi, ea)
         elif node.kind == "add":
-            acc(node.args[0], glo, ghi)
-            acc(node.args[1], glo.clone(), ghi.clone())
+            acc(node.args[0], glo, ghi, e)
+            acc(node.args[1], glo.clone(), ghi.clone(), None if e is None else e.clone())
         elif node.kind == "cat":
             sizes = [dag.nodes[a].shape[node.dim - 1] for a in node.args]
-            for a, pl, ph in zip(node.args, glo.split(sizes, dim=node.dim),
-                                 ghi.split(sizes, dim=node.dim), strict=True):
-                acc(a, pl, ph)
+            eparts = (e.split(sizes, dim=node.dim) if e is not None
+                      else [None] * len(node.args))
+            for a, pl, ph, ep in zip(node.args, glo.split(sizes, dim=node.dim),
+                                     ghi.split(sizes, dim=node.dim), eparts, strict=True):
+                acc(a, pl, ph, ep)
         else:  # max
-            acc(node.args[0], *_max_transpose(node.op, bounds[node.args[0]], glo, ghi, units))
+            lo_, hi_ = _max_transpose(node.op, bounds[node.args[0]], glo, ghi, units)
+            ea = None
+            if trace is not None and e is not None:
+                # the indicator is 0 or 1: |fold(s E)| <= fold(possibly E), plus the fold's sums
+                _, possibly = node.op.deriv_states(*bounds[node.args[0]])
+                n, c = e.shape[:2]
+                ea = node.op.fold(possibly * e.reshape(n, c, 1, -1))
+                if node.op.overlap > 1:
+                    size = node.op.fold(possibly * mag(glo, ghi).reshape(n, c, 1, -1))
+                    ea = up(ea * (1 + 4 * U64) + 2 * units.gamma(node.op.overlap) * size
+                            + units.abs_tiny(node.op.overlap))
+            acc(node.args[0], lo_, hi_, ea)
     zero = torch.zeros((target.shape[0],) + dag.in_shape, dtype=torch.float64,
                        device=target.device)
     return zero, zero.clone()

@@ -18,7 +18,8 @@ from torch import Tensor
 from attrbound.interval.branching import BRANCHES, branch_gradient
 from attrbound.interval.dag import Dag
 from attrbound.interval.dag_forward import dag_forward
-from attrbound.interval.dag_gradient import dag_gradient
+from attrbound.interval.dag_gradient import DagTrace, dag_gradient
+from attrbound.interval.dag_gradient_crown import dag_crown_gradient
 from attrbound.interval.forward import forward
 from attrbound.interval.gradient_crown import GradTrace, crown_gradient
 from attrbound.interval.graph import Net
@@ -85,13 +86,21 @@ def gradient_intervals(
 ) -> tuple[Tensor, Tensor]:
     """Intervals [N, *S] of g over the input set: the forward bounds, then the gradient pass
     (over the chain, or over the graph: attrbound.interval.dag_forward / dag_gradient).
-    ``relaxation="crown"`` (chain only): intersected with the linear bounds of
-    :func:`attrbound.interval.gradient_crown.crown_gradient`, so never looser. ``branches``
+    ``relaxation="crown"``: intersected with the linear bounds of
+    :func:`attrbound.interval.gradient_crown.crown_gradient` (graphs:
+    :func:`attrbound.interval.dag_gradient_crown.dag_crown_gradient`), so never looser. ``branches``
     (chain only): the budget of :func:`attrbound.interval.branching.branch_gradient` per
     input (1: no branching)."""
     if isinstance(net, Dag):
         bounds = dag_forward(net, inset, tightening, units, max_elements)
-        return dag_gradient(net, bounds, target, units)
+        if relaxation != "crown":
+            return dag_gradient(net, bounds, target, units)
+        dtrace = DagTrace()
+        lo, hi = dag_gradient(net, bounds, target, units, dtrace)
+        clo, chi = dag_crown_gradient(net, bounds, dtrace, target, units, max_elements)
+        lo = torch.where(torch.isnan(clo), lo, torch.maximum(lo, clo))
+        hi = torch.where(torch.isnan(chi), hi, torch.minimum(hi, chi))
+        return lo, hi
     pre = forward(net, inset, tightening, units, max_elements)
     if not net.acts:
         return gradient(net, pre, target, units)
