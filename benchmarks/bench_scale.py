@@ -103,7 +103,7 @@ def measure(what: str, size: int, batch: int) -> dict[str, float]:
                  "value": float(res.euclidean.mean())}
     else:
         res = attrbound.attack(model, x, eps=0.1, norm=2, attribution="saliency",
-                               method="pgd", steps=20, surrogate_beta=BETA)
+                               method="pgd", steps=20, schedule="fixed", surrogate_beta=BETA)
         extra = {"value": float(res.euclidean.mean())}
     secs = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
