@@ -8,7 +8,8 @@ Methods (``method=``), looked up by name in :data:`METHODS` (each a :class:`Boun
 taylor's and region's are the ``run`` of their module):
 
 - ``taylor`` (3.1, :mod:`attrbound.bounds.taylor`): U = eps * ||J(x)||_{p->2}, J = dA/dx,
-  the first-order term at x only; not an upper bound when A is curved.
+  the first-order term at x only (l-inf: over the ball clipped to the domain); not an upper
+  bound when A is curved.
 - ``region`` (3.2, the default; :mod:`attrbound.bounds.region`): U = eps * sup_{z in P(x)}
   ||J(z)||_{p->2}, the sup estimated by a search of P(x); its first solve is taylor's, kept as
   ``BoundResult.at_x`` (:func:`taylor_from_region`).
@@ -16,9 +17,11 @@ taylor's and region's are the ``run`` of their module):
 - ``smoothed`` (10): certified for the smoothed map h = E[u(x + eta)] of the normalised base
   attribution, any model (:mod:`attrbound.bounds.smoothed`).
 
-taylor and region are PRACTICAL bounds: their eigen-solves return Ritz values plus residual
-margins (see :mod:`attrbound.linalg.spectral`), and region's sup is an estimate, so neither is
-certified; the campaign measures how often, if ever, an attack beats them. Their options and
+Kinds of guarantee (docs/design.md section 3.3; ``BoundResult.guarantee`` / ``delta``):
+taylor's operator norm is certified with probability >= 1 - delta over attrbound's random
+start vectors (:mod:`attrbound.linalg.certificate`), for the linearisation at x only; region's
+sup is an estimate (each of its solves certified the same way); the campaign measures how
+often, if ever, an attack beats them. Their options and
 defaults are in :mod:`attrbound.bounds.options`, the machinery they share (passes, the tight
 solve) in :mod:`attrbound.bounds.solve`.
 """
@@ -109,11 +112,17 @@ def bound(
             (use method="interval" for a bound on the real ReLU model).
 
     Options of taylor and region (``**options``; :data:`OPTIONS` lists each method's):
-        tol: relative residual tolerance of the eigen-solves (default 1e-6 in float64,
-            1e-4 in float32; :func:`attrbound.linalg.default_tol`).
-        max_iter: most Lanczos steps per tight eigen-solve (default 100).
-        dual_steps, inner_iter, sign_steps: of the l-inf dual and the sign iteration
-            (defaults 10, 12, 50; :func:`attrbound.linalg.inf_to_two`).
+        delta: failure probability of the certified operator norms (default 1e-3): each
+            certified value is an upper bound with probability >= 1 - delta over the start
+            vectors (docs/design.md section 3.3).
+        tol: the certifying runs stop once the certified norm is within this relative gap
+            of its Ritz value (default 5e-3 in float32, 5e-5 in float64;
+            :func:`attrbound.linalg.certified_gap`).
+        max_iter: most Lanczos steps per certifying run (default 100).
+        dual_steps, inner_iter, sign_steps: l-inf only: Burer-Monteiro steps on the
+            surrogate that chooses the weights (default 50; 0: w = 1, the sqrt(n) sigma_max
+            bound), Lanczos steps of the sketch that builds the surrogate (default 20), most
+            sign-iteration steps (default 50); :func:`attrbound.linalg.inf_to_two`.
         seed: seed of the CPU generators (default 0): the start vectors of the solves at x
             draw from one seeded with ``seed`` (taylor's and region's agree), region's random
             points, restarts and further start vectors from one seeded with seed + 0x5EED.
@@ -145,13 +154,16 @@ def bound(
 
     Returns:
         :class:`BoundResult` with euclidean = eps * operator_norm, cosine, attr_norm = ||A(x)||,
-        operator_norm (the upper estimate of ||J||_{p->2}, residual margin included),
-        iterations / converged of the eigen-solve that produced it, ``lower`` (l-inf: the
-        sign-iteration value, a feasible lower value of the same quantity), and for region
+        operator_norm (the certified ||J||_{p->2}; l-inf with a domain: the maximum of
+        ||J delta|| over the ball clipped to the domain box, divided by eps),
+        operator_norm_ritz (its Ritz estimate), guarantee and delta, iterations / converged
+        of the certifying run, ``lower`` (l-inf: the sign-iteration value, a feasible lower
+        value of the same quantity), and for region
         ``argmax`` [B, *S], ``source`` ("x", "random", "points" or "ascent") and ``at_x``
         (the taylor BoundResult of its solve at x; see :func:`taylor_from_region`).
         ``extra`` holds ``options``, ``target`` [B] and, for l-inf, ``operator_norm_v0``
-        [B] (sqrt(n) sigma_max, the dual at v = 0). Tensors carry no autograd graph, also
+        [B] (the certified w = 1 bound sqrt(n) sigma_max, of J [c, diag r] with a domain).
+        Tensors carry no autograd graph, also
         when the model's parameters require gradients.
 
     Example::

@@ -55,7 +55,7 @@ class Option:
 SOLVER_SPECS: dict[str, Option] = {
     "tol": Option(None, positive=True),
     "max_iter": Option(100, minimum=1),
-    "dual_steps": Option(100, minimum=0),
+    "dual_steps": Option(50, minimum=0),
     "inner_iter": Option(20, minimum=1),
     "sign_steps": Option(50, minimum=0),
     "delta": Option(1e-3, probability=True),

@@ -236,9 +236,12 @@ def lanczos(
             top, bottom = evals[:, -1], evals[:, 0]
             size = torch.maximum(torch.maximum(top.abs(), bottom.abs()), scale_t[live])
             a_k, b_k = alphas[:, : k + 1], betas[:, : k + 1]
-            ok = certificate.exceeds(a_k, b_k, count, top + tol * size, target)
-            if which == "magnitude":
-                ok &= certificate.exceeds(a_k, b_k, count, bottom - tol * size, target)
+            if which == "magnitude":  # max |lambda| <= size (1 + tol): both ends inside it
+                edge = size * (1 + tol)
+                ok = certificate.exceeds(a_k, b_k, count, edge, target)
+                ok &= certificate.exceeds(a_k, b_k, count, -edge, target)
+            else:
+                ok = certificate.exceeds(a_k, b_k, count, top + tol * size, target)
         stop = ~done & (ok | invariant | torch.tensor(k == steps - 1, device=dev))
         if stop.any():
             idx = live[stop]

@@ -230,7 +230,7 @@ def inf_to_two(
     certify_start: Tensor | None = None,
     tol: float | None = None,
     max_iter: int = 100,
-    dual_steps: int = 100,
+    dual_steps: int = 50,
     inner_iter: int = 20,
     sign_steps: int = 50,
     delta: float = 1e-3,
@@ -246,7 +246,7 @@ def inf_to_two(
             of ``start`` (default: drawn from a generator seeded 0x5EED + 1).
         tol: relative gap of the certified norm to its Ritz value at which the certifying run
             stops (default :func:`certified_gap`); max_iter: its most steps (default 100).
-        dual_steps: Burer-Monteiro iterations on the surrogate (default 100; 0: w = 1, the
+        dual_steps: Burer-Monteiro iterations on the surrogate (default 50; 0: w = 1, the
             v = 0 bound sqrt(n) sigma_max). inner_iter: Lanczos steps of the sketch
             (default 20). sign_steps: most sign-iteration steps (default 50).
         delta: failure probability of ``upper`` (default 1e-3; delta / 2 per run).
