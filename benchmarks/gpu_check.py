@@ -78,7 +78,7 @@ def _options(attribution: str) -> dict:
 def main(argv: list[str]) -> int:
     # --device cpu: a dry run of the script on the CPU (the table then compares cpu with cpu)
     device = argv[argv.index("--device") + 1] if "--device" in argv else "cuda"
-    small = "--small" in argv  # dry run: batches 16 and 32 instead of 256 and 1024
+    small = "--small" in argv  # dry run: 4 inputs, batches 16 and 32
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to torch "
               f"({torch.__version__}, CUDA {torch.version.cuda}); nothing to check.")
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     cpu, gpu = _model("cpu")[0], _model(device)[0]
     name = _model("cpu")[1]
     images, _ = data.load("mnist", "test")
-    x = images[:32]
+    x = images[:4] if small else images[:32]
     table: list[tuple[str, str, str]] = []
 
     for method in ("taylor", "region"):
@@ -102,14 +102,14 @@ def main(argv: list[str]) -> int:
                 rel = ((u_gpu - u_cpu).abs() / u_cpu.clamp_min(1e-30)).max().item()
                 table.append(("agree", f"{method} l{norm} {attr}", f"max rel diff {rel:.2e}"))
 
-    x8 = x[:8].to(device)
+    x8 = x[:2 if small else 8].to(device)
     for norm, eps in (("2", 0.5), ("inf", 0.05)):
         for attr in ("saliency", "integrated_gradients"):
             opts = IG if attr == "integrated_gradients" else {}
             lo, hi, _, _ = attribution_intervals(gpu, x8, eps=eps, norm=norm, attribution=attr,
                                                  **opts)
             gen = torch.Generator().manual_seed(0)
-            z = sample_ball(x8, eps, norm, 64, generator=gen)  # [64, 8, *S]
+            z = sample_ball(x8, eps, norm, 64, generator=gen)  # [64, b, *S]
             a = make_attribution(attr, gpu, **opts)
             with torch.no_grad():
                 target = gpu(x8).argmax(1)
