@@ -150,7 +150,10 @@ def summary_md(args: argparse.Namespace, files: dict[str, Path], wall: float | N
                             capture_output=True, text=True).stdout.strip()
     lines = [
         "# Validation run (issue 16)", "",
-        f"Command: `{command}` (commit {commit})", "",
+        f"Command: `{command}` (commit {commit})"
+        + (": the summary of rows written by the same command without --summarize-only, "
+           "--wall, --stopped and --note" if args.summarize_only else ""), "",
+        *([f"Note: {args.note}", ""] if args.note else []),
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical "
         f"CPUs, torch {torch.__version__}, Python {platform.python_version()}; load average "
         f"(1/5/15 min) {load[0]} before, {load[1]} after: OTHER JOBS WERE RUNNING on these "
@@ -243,6 +246,7 @@ def main() -> int:
     p.add_argument("--wall", type=float, default=None,
                    help="with --summarize-only: the wall time of the run that wrote the rows "
                         "(seconds, e.g. from its start and stop times), for the rates")
+    p.add_argument("--note", default=None, help="a sentence for the summary (e.g. the load)")
     p.add_argument("--stopped", action="store_true",
                    help="with --summarize-only: that run was stopped at a time limit")
     args = p.parse_args()
