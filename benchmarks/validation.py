@@ -156,7 +156,9 @@ def summary_md(args: argparse.Namespace, files: dict[str, Path], wall: float | N
         *([f"Note: {args.note}", ""] if args.note else []),
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical "
         f"CPUs, torch {torch.__version__}, Python {platform.python_version()}; load average "
-        f"(1/5/15 min) {load[0]} before, {load[1]} after: OTHER JOBS WERE RUNNING on these "
+        + (f"(1/5/15 min) {load[0]} when this summary was written" if args.summarize_only
+           else f"(1/5/15 min) {load[0]} before, {load[1]} after")
+        + ": OTHER JOBS WERE RUNNING on these "
         "cores, so the rates below are what this shared machine gave, not its capacity.",
         f"- Executor: {args.executor}"
         + (f", {args.workers} workers, 1 torch thread each" if args.executor == "ray" else ""),
