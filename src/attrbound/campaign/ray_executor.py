@@ -216,7 +216,8 @@ class RayExecutor:
                 while queue and len(pending) < 2 * workers:
                     unit, attempt = queue.popleft()
                     pending[task.remote(spec, unit, threads)] = (unit, attempt)
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                # a timeout, so that Ctrl-C (KeyboardInterrupt) reaches this loop
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     unit, attempt = pending.pop(ref)
                     try:
