@@ -400,3 +400,19 @@ def test_attack_ascends_the_smoothed_map():
                            steps=5, domain=None)
     assert res.attribution == "smoothed" and bool(res.found.any())
     assert (res.euclidean > 0).any() and (res.euclidean <= 2).all()
+
+
+def test_attack_on_the_smoothed_map_of_a_relu_model_needs_no_surrogate():
+    """The smoothed map's derivative is an expectation over the noise, not a derivative of the
+    model's gradient, so a ReLU model is attacked as it is (map "model"), and the attack's
+    figures are the smoothed map's own deviation at x_adv."""
+    model = relu_mlp(4)
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    attr = attrbound.attribution("smoothed", model, sigma=0.3, samples=16)
+    res = attrbound.attack(model, x, eps=0.3, norm=2, attribution=attr, method="pgd",
+                           steps=5, domain=None)
+    assert res.map == "model" and res.surrogate_beta is None
+    t = model(x).argmax(dim=1)
+    dev = (attr.attribute(res.x_adv, t) - attr.attribute(x, t)).flatten(1).norm(dim=1)
+    assert torch.allclose(res.euclidean, dev, rtol=1e-9, atol=1e-12)
+    assert (res.euclidean > 0).any()

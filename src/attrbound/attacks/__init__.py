@@ -174,8 +174,12 @@ def _maps(
     The attacked map is the model's own unless the model is piecewise linear and
     ``surrogate_beta`` is given (required for gradient methods): then it is the map of
     :func:`attrbound.models.smooth_surrogate` (model, beta). The model's operations are
-    looked up on one forward pass of ``example`` (the inputs [B, *S])."""
+    looked up on one forward pass of ``example`` (the inputs [B, *S]). A map whose derivative
+    needs no derivative of the model (``smoothed``: its gradient is an expectation over the
+    noise) is attacked as it is, ReLU models included."""
     real = make_attribution(attribution, model, **(options or {}))
+    if not real.needs_model_derivative:
+        return real, real, None
     ask = [obj.name] if obj.uses_gradient or surrogate_beta is not None else []
     if require_smooth_or_surrogate(model, surrogate_beta, ask, example=example):
         return real, real.with_model(smooth_surrogate(model, surrogate_beta)), surrogate_beta
