@@ -40,8 +40,8 @@ def main() -> int:
     try:
         import quantus
     except ImportError:
-        print("Quantus is not installed: pip install quantus (the interop extra).")
-        return 1
+        print("skipped: Quantus is not installed (pip install quantus, the interop extra).")
+        return 0
     model, _ = default_model(progress=False)
     x, y = data.load("mnist", "test")
     x = x[:N]
