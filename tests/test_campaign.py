@@ -51,6 +51,7 @@ class FakeAttack:
     def __call__(self, model, x, *, eps, norm, attribution, method="pgd", seed=0, restarts=1,
                  **options):
         self.calls += 1
+        restarts = 1 if restarts is None else restarts  # None: the library's default
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt  # an interruption in the middle of the campaign
         b = x.shape[0]

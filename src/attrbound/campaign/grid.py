@@ -84,8 +84,9 @@ class Grid:
     its options (e.g. ``{"integrated_gradients": {"steps": 16}}``).
     Methods: ``bounds`` (subset of taylor, region, interval), ``attacks`` (subset of pgd,
     ifia_topk, ifia_center, random); at least one of either.
-    Budgets (None = the library default): attack ``steps`` (20), ``step_size``
-    (2.5 eps / steps), ``restarts`` (1), random ``samples`` (200), top-k ``k`` (100 on 28x28),
+    Budgets (None = the library default of :func:`attrbound.attack`: APGD with 2 runs of 25
+    steps, or 20 steps and 1 run for ``schedule="fixed"``): attack ``steps``, ``step_size``,
+    ``restarts``, random ``samples`` (200), top-k ``k`` (100 on 28x28),
     pgd/random ``objective`` (euclidean); ``bound_options``: per bound method, options of
     :func:`attrbound.bounds.bound` (e.g. ``{"region": {"ascent_steps": 5}}``), checked against
     :data:`attrbound.bounds.OPTIONS`; ``seed``, ``points`` and ``surrogate_beta`` are set by
@@ -117,7 +118,7 @@ class Grid:
     attacks: tuple[str, ...] = ("pgd", "ifia_topk", "random")
     steps: int | None = None
     step_size: float | None = None
-    restarts: int = 1
+    restarts: int | None = None
     samples: int | None = None
     k: int | None = None
     objective: str = "euclidean"
@@ -171,10 +172,10 @@ class Grid:
                                  "use attribution smoothed, so that they attack the same map.")
         check_choice("split", self.split, ("train", "test"))
         check_choice("objective", self.objective, ("euclidean", "cosine"))
-        for name in ("n", "batch_size", "restarts"):
+        for name in ("n", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise AttrboundError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("steps", "samples", "k"):
+        for name in ("steps", "samples", "k", "restarts"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise AttrboundError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.step_size is not None and not float(self.step_size) > 0:

@@ -49,11 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated attacks among {','.join(METHODS)} (default pgd)")
     p.add_argument("--objective", default="euclidean", choices=list(OBJECTIVES),
                    help="distance for pgd and random (default euclidean)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"gradient steps per run (default {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=int, default=None,
+                   help="gradient steps per run (default: APGD's 25, or "
+                        f"{DEFAULT_STEPS} with the fixed schedule)")
     p.add_argument("--step-size", type=float, default=None,
                    help="step size alpha (default 2.5 eps / steps)")
-    p.add_argument("--restarts", type=int, default=1, help="runs per input (default 1)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="runs per input (default: APGD's 2, or 1 with the fixed schedule)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"samples of the random attack (default {DEFAULT_SAMPLES})")
     p.add_argument("--k", type=int, default=None,

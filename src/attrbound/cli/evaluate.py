@@ -103,10 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", type=_methods, default=None,
                    help="attacks among pgd,ifia_topk,ifia_center,random or none "
                         "(default pgd,ifia_topk,random)")
-    p.add_argument("--steps", type=int, default=None, help="attack steps (default 20)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="attack steps per run (default: APGD's 25)")
     p.add_argument("--step-size", type=float, default=None,
                    help="attack step size (default 2.5 eps / steps)")
-    p.add_argument("--restarts", type=int, default=None, help="attack restarts (default 1)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="attack runs per input (default: APGD's 2)")
     p.add_argument("--samples", type=int, default=None,
                    help="samples of the random attack (default 200)")
     p.add_argument("--k", type=int, default=None, help="top-k size (default 100 on 28x28)")
