@@ -21,7 +21,10 @@ first time):
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_interval.py
 
-Writes benchmarks/results/interval.md.
+Writes benchmarks/results/interval.md. ``--tightness``: only the tightness table of a LeNet-sized
+ReLU CNN (MNIST) and a ResNet-style model (BasicBlocks with BatchNorm, CIFAR-10 3x32x32, traced
+into a graph), certified / best attack per eps and attribution with seconds per input; it
+replaces that section of the file.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from attrbound import data, models
 from attrbound.attacks import attack
@@ -122,12 +126,186 @@ def best_attack(model, x, eps, norm, attr, opts, relu: bool) -> torch.Tensor:
     return torch.maximum(pgd.euclidean, rnd.euclidean).double()
 
 
+class LeNet(nn.Sequential):
+    """5x5 convolutions with 16 and 32 channels (ReLU, 2x2 average pooling), 128 hidden, 10."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(1, 16, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(16, 32, 5), nn.ReLU(),
+            nn.AvgPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 128), nn.ReLU(),
+            nn.Linear(128, 10),
+        )
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, identity or 1x1-conv-BN shortcut, out += identity, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """Stem conv(3 -> 8, stride 2)-BN-ReLU, BasicBlocks 8 and 16 (stride 2), global average
+    pooling, Linear; inputs 3x32x32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+#: (name, builder, dataset, epochs, saliency eps per norm, integrated-gradients eps, IG steps)
+TIGHT_MODELS = [
+    ("lenet-relu", LeNet, "mnist", 2, {"inf": [0.002, 0.01], "2": [0.05]}, {"inf": [0.002]}, 4),
+    ("resnet-bn", ResNet, "cifar10", 1, {"inf": [0.001, 0.004], "2": [0.02]}, {"inf": [0.001]},
+     4),
+]
+
+
+def train_tight(name: str, build: Any, dataset: str, epochs: int) -> tuple[nn.Module, str]:
+    """Train (or load the cached state of) one tightness-table model; returns it (float32,
+    eval, frozen) and a line describing its data and accuracy. MNIST: the 10,000 bundled
+    training images and test images 100..1999 (11,900); CIFAR-10 has no bundled training
+    split, so random weights and BatchNorm statistics (seed 0). Evaluation inputs are the
+    first test images (never trained on)."""
+    path = CACHE / f"{name}.pt"
+    torch.manual_seed(0)
+    model = build()
+    xt, yt = data.load(dataset, "test")
+    if dataset == "cifar10":  # no bundled training split: random weights and statistics
+        g = torch.Generator().manual_seed(0)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                m.weight.data.copy_(1 + 0.2 * torch.randn(c, generator=g))
+                m.bias.data.copy_(0.1 * torch.randn(c, generator=g))
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model, (f"| {name} | {dataset} | 0 (untrained: random weights and BatchNorm "
+                       f"statistics) | 0 | - | - |")
+    x, y = data.load(dataset, "train")
+    if dataset == "mnist":
+        x, y = torch.cat([x, xt[100:]]), torch.cat([y, yt[100:]])
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        secs = "cached"
+    else:
+        start = time.perf_counter()
+        train(model, x, y, epochs=epochs, batch_size=64, seed=0, progress=False)
+        secs = f"{time.perf_counter() - start:.0f} s"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    acc = accuracy(model, xt[:100], yt[:100])
+    return model, (f"| {name} | {dataset} | {len(x)} | {epochs} | {secs} | "
+                   f"{100 * acc:.0f}% (first 100 test) |")
+
+
+def tightness(args: argparse.Namespace, log: Any) -> str:
+    """The tightness table: certified euclidean / best attack per eps, model, attribution."""
+    rows, model_rows = [], []
+    ig32 = "not run"
+    for name, build, dataset, epochs, grid, ig_grid, ig_steps in TIGHT_MODELS:
+        model, line = train_tight(name, build, dataset, epochs)
+        model_rows.append(line)
+        x = data.load(dataset, "test")[0][: args.images].clone()
+        attrs = [("saliency", {}, grid), ("integrated_gradients", {"steps": ig_steps}, ig_grid)]
+        for attr, opts, eps_grid in attrs:
+            for norm, epss in eps_grid.items():
+                for eps in epss:
+                    res, secs = bound(model, x, eps, norm, attr, opts, "crown")
+                    att = best_attack(model, x, eps, norm, attr, opts, True)
+                    cert = res.euclidean.double()
+                    assert bool((cert >= att).all()), "an attack beat the certified bound"
+                    ok = att > 0
+                    ratios = (cert[ok] / att[ok]).tolist()
+                    ratio = (f"{statistics.median(ratios):.3g} [{min(ratios):.3g}, "
+                             f"{max(ratios):.3g}]" if ratios else "n/a")
+                    rows.append(f"| {name} | {attr} {opts.get('steps', '')} | l{norm} {eps:g} | "
+                                f"{median(cert):.3g} | {median(att):.3g} | {ratio} | "
+                                f"{median(res.cosine):.3f} | {secs / len(x):.2f} |")
+                    log(rows[-1])
+        if name == "lenet-relu" and args.ig32:
+            res, secs = bound(model, x[:1], 0.002, "inf", "integrated_gradients",
+                              {"steps": 32}, "crown")
+            ig32 = f"{secs:.1f} s, certified euclidean {float(res.euclidean[0]):.3g}"
+            log(f"IG 32: {ig32}")
+    return f"""## Tightness table (issue 15 models, CROWN, graph path for the ResNet)
+
+Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_interval.py --tightness \
+--images {args.images} --threads {args.threads}`; commit {_commit()}; load average
+{os.getloadavg()[0]:.2f} at the end (other jobs shared the 2 cores: timings are inflated).
+
+Integrated gradients with 32 steps, LeNet, l-inf 0.002, one input: {ig32}.
+
+| model | data | training images | epochs | train time | accuracy |
+|---|---|---:|---:|---|---:|
+{chr(10).join(model_rows)}
+
+Certified euclidean (deterministic bound, sound for the float32 model as evaluated) vs the best
+attack (pgd 2 restarts steered by the softplus surrogate beta 10, and random 100; an estimate
+from below): medians over the first {args.images} test images, ratio certified / attack per
+input as median [min, max]; certified cosine median; seconds per input of the bound.
+
+| model | attribution | eps | certified | attack | ratio | certified cosine | s / input |
+|---|---|---|---:|---:|---|---:|---:|
+{chr(10).join(rows)}
+"""
+
+
+def _commit() -> str:
+    try:
+        import subprocess
+
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=ROOT, check=False).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="inputs per configuration")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ig32", action="store_true",
+                        help="with --tightness: also time integrated gradients at 32 steps")
+    parser.add_argument("--tightness", action="store_true",
+                        help="only the tightness table (LeNet, ResNet); replaces that section")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.tightness:
+        section = tightness(args, lambda msg: print(msg, flush=True))
+        old = OUT.read_text() if OUT.is_file() else "# Certified interval bounds (CPU)\n"
+        head = old.split("## Tightness table (issue 15", 1)[0].rstrip() + "\n\n"
+        OUT.write_text(head + section)
+        print(f"wrote {OUT}")
+        return 0
     started = time.perf_counter()
     load0 = os.getloadavg()[0]
     images, labels = data.load("mnist", "test")
