@@ -834,3 +834,12 @@ def test_graph_crown_gradient_agrees_with_the_chain_and_tightens():
         assert torch.all(graph[0] >= plain[0]) and torch.all(graph[1] <= plain[1])
         gains.append(float((graph[1] - graph[0]).sum() / (plain[1] - plain[0]).sum()))
     assert min(gains) < 0.8
+
+
+def test_result_says_its_guarantee_is_deterministic():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+    x = torch.rand(2, 4, dtype=torch.float64)
+    res = interval_bound(model, x, eps=0.01, norm="inf")
+    assert res.guarantee.startswith("deterministic") and res.delta is None
+    assert all(r["guarantee"].startswith("deterministic") for r in res.to_rows())

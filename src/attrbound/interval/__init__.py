@@ -285,6 +285,7 @@ def interval_bound(
         converged=torch.ones(b, dtype=torch.bool, device=x.device),
         intervals=cast_out(out.lo, out.hi, dt),
         seconds=time.perf_counter() - started,
+        guarantee="deterministic: every point of the set, floating point included",
         extra={"tightening": tightening, "evaluation": evaluation,
                "gradient_relaxation": relaxation, "branches": branches,
                "unit_roundoff": out.units.u - U64 if evaluation == "float" else 0.0,
