@@ -13,43 +13,6 @@ from attrbound.interval.rounding import Units
 __all__ = ["Flatten", "Reshape", "Skip"]
 
 
-@register(nn.Flatten)
-class Flatten(AffineOp):
-    """v -> v.flatten(start_dim, end_dim): exact, so intervals and errors pass unchanged."""
-
-    name = "Flatten"
-    exact = True
-    fan = 0
-
-    def __init__(self, m: nn.Flatten, in_shape: tuple[int, ...], device: torch.device) -> None:
-        super().__init__(in_shape)
-        if m.start_dim == 0:
-            raise AttrboundError("the interval method does not support Flatten(start_dim=0), "
-                                 "which merges the batch dimension.")
-        self.start, self.end = m.start_dim, m.end_dim
-        self.out_shape = tuple(torch.empty((1,) + in_shape).flatten(m.start_dim, m.end_dim)
-                               .shape[1:])
-
-    def linear(self, v: Tensor) -> Tensor:
-        return v.flatten(self.start, self.end)
-
-    abs_linear = linear
-
-    def transpose(self, v: Tensor) -> Tensor:
-        return v.reshape((v.shape[0],) + self.in_shape)
-
-    abs_transpose = transpose
-
-    def ibp(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor, Tensor]:
-        return self.linear(lo), self.linear(hi), torch.zeros_like(self.linear(lo))
-
-    def eval_error(self, e: Tensor, mvec: Tensor, units: Units) -> Tensor:
-        return self.linear(e)
-
-    def ibp_transpose(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
-        return self.transpose(lo), self.transpose(hi)
-
-
 @register(nn.Identity, nn.Dropout)
 class Skip:
     """Identity and eval-mode Dropout: the identity map, so no node at all."""
@@ -91,3 +54,18 @@ class Reshape(AffineOp):
 
     def ibp_transpose(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
         return self.transpose(lo), self.transpose(hi)
+
+
+@register(nn.Flatten)
+class Flatten(Reshape):
+    """v -> v.flatten(start_dim, end_dim), i.e. a :class:`Reshape` to the flattened shape:
+    exact, so intervals and errors pass unchanged."""
+
+    name = "Flatten"
+
+    def __init__(self, m: nn.Flatten, in_shape: tuple[int, ...], device: torch.device) -> None:
+        if m.start_dim == 0:
+            raise AttrboundError("the interval method does not support Flatten(start_dim=0), "
+                                 "which merges the batch dimension.")
+        out_shape = tuple(torch.empty((1,) + in_shape).flatten(m.start_dim, m.end_dim).shape[1:])
+        super().__init__(in_shape, out_shape)
