@@ -416,3 +416,30 @@ def test_attack_on_the_smoothed_map_of_a_relu_model_needs_no_surrogate():
     dev = (attr.attribute(res.x_adv, t) - attr.attribute(x, t)).flatten(1).norm(dim=1)
     assert torch.allclose(res.euclidean, dev, rtol=1e-9, atol=1e-12)
     assert (res.euclidean > 0).any()
+
+
+def test_evaluate_flags_set_the_smoothed_bound(tmp_path):
+    """attrbound evaluate --bound smoothed --sigma --smoothed-samples --alpha: the flags reach
+    the bound (rows carry sigma and alpha) and the attack runs on the same smoothed map."""
+    from attrbound import models
+    from attrbound.campaign import read_rows
+    from attrbound.cli import main
+
+    torch.manual_seed(0)
+    net = models.mlp((1, 28, 28), 10, hidden=(8,), activation_name="relu")
+    path = models.save(net, tmp_path / "relu.safetensors",
+                       {"arch": "mlp", "input_shape": [1, 28, 28], "hidden": [8],
+                        "activation": "relu", "dataset": "mnist", "num_classes": 10})
+    out = tmp_path / "rows.jsonl"
+    argv = ["evaluate", "--model", str(path), "--n", "2", "--attribution", "smoothed",
+            "--attribution-options", '{"smoothed": {"samples": 8, "sigma": 0.3}}', "--norm", "2",
+            "--eps", "0.1", "--bound", "smoothed", "--attack", "pgd", "--steps", "2",
+            "--sigma", "0.3", "--smoothed-samples", "64", "--alpha", "0.01", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    rows = read_rows(out)
+    assert len(rows) == 2
+    for r in rows:
+        b = r["bounds"]["smoothed"]
+        assert b["sigma"] == 0.3 and b["alpha"] == 0.01 and b["euclidean"] > 0
+        assert "pgd" in r["attacks"] and r["config"]["bound_options"]["smoothed"]["samples"] == 64

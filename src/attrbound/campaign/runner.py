@@ -76,9 +76,13 @@ def _inputs(grid: Grid, model: nn.Module, images: Tensor | None,
 def _bounded_map(grid: Grid, model: nn.Module, example: Tensor) -> str:
     """The map the practical bounds and the attacks measure, the model's operations looked
     up on ``example`` [1, *S]; raises (naming --surrogate-beta) when derivative-based
-    methods meet a piecewise-linear model without a surrogate."""
+    methods meet a piecewise-linear model without a surrogate. Attacks on maps whose
+    derivative needs no derivative of the model (``smoothed``) need none."""
+    attacked_maps_need_it = any(
+        attribution(a, model, **grid.attribution_options.get(a, {})).needs_model_derivative
+        for a in grid.attributions)
     derivative = ([m for m in grid.bounds if m not in ("interval", "smoothed")]
-                  + [m for m in grid.attacks if m != "random"])
+                  + [m for m in grid.attacks if m != "random" and attacked_maps_need_it])
     surrogate = require_smooth_or_surrogate(model, grid.surrogate_beta, derivative,
                                             flag="--surrogate-beta", example=example)
     return map_name(grid.surrogate_beta if surrogate else None)

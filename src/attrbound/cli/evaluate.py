@@ -117,6 +117,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bound-options", default=None, metavar="JSON",
                    help="per bound method, extra keyword arguments of attrbound.bound, e.g. "
                         '\'{"region": {"ascent_steps": 5}}\'')
+    p.add_argument("--smoothing", default=None, choices=["gaussian", "uniform"],
+                   help="bound smoothed: the noise (default gaussian)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="bound smoothed: the noise's standard deviation or ball radius")
+    p.add_argument("--smoothed-samples", type=int, default=None,
+                   help="bound smoothed: Monte-Carlo samples per input (default 1000; "
+                        "--samples is the random attack's)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="bound smoothed: failure probability of its cosine bound (default 1e-3)")
     p.add_argument("--surrogate-beta", type=float, default=None,
                    help="softplus surrogate beta for ReLU / max-pool models (e.g. 10)")
     p.add_argument("--seed", type=int, default=None,
@@ -155,6 +164,13 @@ def grid_from_args(args: argparse.Namespace) -> tuple[Grid, str]:
     given["attribution_options"] = json_object(args.attribution_options,
                                                 "--attribution-options")
     given["bound_options"] = json_object(args.bound_options, "--bound-options")
+    smoothed = {k: v for k, v in (("smoothing", args.smoothing), ("sigma", args.sigma),
+                                  ("samples", args.smoothed_samples), ("alpha", args.alpha))
+                if v is not None}
+    if smoothed:  # the smoothed bound's flags, merged into its bound options
+        options = dict(given["bound_options"] or values.get("bound_options") or {})
+        options["smoothed"] = {**options.get("smoothed", {}), **smoothed}
+        given["bound_options"] = options
     given["mean"] = intake.parse_floats(args.mean, "--mean")
     given["std"] = intake.parse_floats(args.std, "--std")
     given["size"] = intake.parse_size(args.size)
