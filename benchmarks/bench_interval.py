@@ -47,6 +47,9 @@ from attrbound.errors import AttrboundError
 from attrbound.interval import interval_bound
 from attrbound.training import accuracy, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.models import ready  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "runs" / "bench_interval"
 OUT = ROOT / "benchmarks" / "results" / "interval.md"
@@ -194,15 +197,7 @@ def train_tight(name: str, build: Any, dataset: str, epochs: int) -> tuple[nn.Mo
     model = build()
     xt, yt = data.load(dataset, "test")
     if dataset == "cifar10":  # no bundled training split: random weights and statistics
-        g = torch.Generator().manual_seed(0)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.data.copy_(1 + 0.2 * torch.randn(c, generator=g))
-                m.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-        model.eval()
+        model = ready(model, seed=0)  # the tests' random BatchNorm statistics, eval mode
         for p in model.parameters():
             p.requires_grad_(False)
         return model, (f"| {name} | {dataset} | 0 (untrained: random weights and BatchNorm "
