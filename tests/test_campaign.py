@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.processes import kill_after_rows
 
 from attrbound import campaign, models
 from attrbound.campaign import Grid
@@ -602,15 +602,7 @@ def test_cli_resume_after_sigkill(tiny, tmp_path):
               "--steps", "30", "--samples", "30", "--no-progress"]
     ref = tmp_path / "ref.jsonl"
     out = tmp_path / "rows.jsonl"
-    proc = subprocess.Popen(_cli(*common, "--out", str(out)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 8:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_after_rows(_cli(*common, "--out", str(out)), _env(), out, rows=8, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     killed = campaign.read_rows(out)
     assert 8 <= len(killed) < 80, "the run was not interrupted part way"

@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.processes import kill_after_rows
 
 from attrbound import campaign, models
 from attrbound.attacks import attack as library_attack
@@ -150,15 +150,8 @@ def test_cli_ray_resume_after_sigkill(tiny, tmp_path):
               "pgd,random", "--steps", "30", "--samples", "30", "--no-progress"]
     ray_opts = ["--executor", "ray", "--workers", "2", "--threads-per-worker", "1"]
     out, ref = tmp_path / "rows.jsonl", tmp_path / "ref.jsonl"
-    proc = subprocess.Popen(_cli(*common, *ray_opts, "--out", str(out)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 8:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_after_rows(_cli(*common, *ray_opts, "--out", str(out)), _env(), out, rows=8,
+                           timeout=240)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     killed = campaign.read_rows(out)
     assert 8 <= len(killed) < 80, "the run was not interrupted part way"
