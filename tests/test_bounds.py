@@ -430,6 +430,43 @@ def test_region_uses_the_callers_points():
                           dtype=torch.float64), rtol=1e-5)
 
 
+class TurningHessian(nn.Module):
+    """Logit 0: f(z) = z1 + z2 + (a(t) z1^2 + b(t) z2^2) / 2 + k(t) z1 z2 with t = z3, so
+    at points with z1 = z2 = 0 saliency's Jacobian (the Hessian) is [[a, k, 0], [k, b, 0],
+    [0, 0, 0]]: diag(1, 0.5) at t = 0, [[0.2, 0.3], [0.3, 3]] at t = 1 (top vector near e2),
+    diag(1.5, 0.5) at t = -1 (top vector e1, x's). Logit 1: -1e6."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z1, z2, t = z.unbind(dim=1)
+        a = 1 - 0.65 * t - 0.15 * t**2
+        b = 0.5 + 1.25 * t + 1.25 * t**2
+        k = 0.15 * (t + t**2)
+        f = z1 + z2 + (a * z1**2 + b * z2**2) / 2 + k * z1 * z2
+        return torch.stack([f, torch.full_like(f, -1e6)], dim=1)
+
+
+def test_region_refines_the_callers_points_before_ranking_them():
+    # Two caller points: at `turned` the top singular vector is nearly orthogonal to x's, so
+    # one product ||J(z) w_x|| scores it 0.36 against 1.5 at `aligned`, although its operator
+    # norm is 3.03 (dense SVD). The refined screen (points_iter) must rank `turned` first.
+    model = TurningHessian().eval()
+    x = torch.zeros(1, 3, dtype=torch.float64)
+    turned = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    aligned = torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64)
+    points = torch.stack([aligned, turned], dim=1)  # [B=1, P=2, 3]
+    exact = top_singular_value(full_jacobian(model, "saliency", turned, target=0))
+    kw = dict(eps=1.0, norm=2, method="region", domain=None, points=points, target=0,
+              random=0, ascent_steps=0)
+    res = bound(model, x, **kw)
+    assert res.source == ["points"]
+    assert torch.equal(res.argmax, turned)
+    assert float(res.operator_norm[0]) >= float(exact[0])  # certified value at `turned`
+    assert float(res.operator_norm[0]) <= float(exact[0]) * 1.01
+    one_product = bound(model, x, points_iter=1, **kw)  # the construction really needs it
+    assert torch.equal(one_product.argmax, aligned)
+    assert float(one_product.operator_norm[0]) < 0.6 * float(exact[0])
+
+
 def test_batched_equals_one_by_one_and_chunks():
     model, x = _cnn(seed=4), _inputs((1, 8, 8), b=4, seed=7)
     kw = dict(eps=0.1, norm=2, attribution="integrated_gradients",

@@ -145,7 +145,11 @@ def bound(
             solves are the full map's, so the coarse map only steers the search.
         step_size: ascent step (default 2.5 eps / ascent_steps); screen_iter: products per
             screened point (default 1: ||J(z) w|| with w x's singular / sign vector; more
-            refine w by power (l2) or sign (l-inf) iteration steps at z).
+            refine w by power (l2) or sign (l-inf) iteration steps at z); points_iter: the
+            same for the caller's ``points`` (default 8: 15 products per point). The caller's
+            points are few and chosen (an attack's end points sit where the map moves most),
+            so they get the refined score; with one product, a point whose top singular
+            vector differs from x's is ranked below a random point and never solved.
 
     Options of interval: see :func:`attrbound.interval.interval_bound`.
 

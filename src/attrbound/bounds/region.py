@@ -7,7 +7,8 @@ points the caller passes (e.g. attack iterates) and along projected gradient asc
 ||J(z)||_{p->2} inside P(x):
 
 - every point z other than x is scored by a cheap lower estimate of ||J(z)||_{p->2}
-  (||J(z) w|| with w x's singular / sign vector: one product per point);
+  (||J(z) w|| with w x's singular / sign vector, refined by power / sign steps at z: one
+  product per random point, 15 per caller point by default);
 - the ascent climbs phi(z) = u^T J(z) w with (u, w) tracking the top singular pair (l2) or
   (J s / ||J s||, s) (l-inf) by alternating half-steps of the power / sign iteration
   (:func:`attrbound.linalg.bilinear_gradient`);
@@ -89,17 +90,18 @@ def _vertex(g: Tensor, w: Tensor, box: tuple[Tensor, Tensor] | None, eps: float)
 
 
 def _screen(
-    attr: Attribution, z: Tensor, target: Tensor, warm: Tensor, norm: str, opts: dict[str, Any],
+    attr: Attribution, z: Tensor, target: Tensor, warm: Tensor, norm: str, iters: int,
     box: tuple[Tensor, Tensor] | None = None, eps: float = 1.0,
 ) -> Tensor:
     """Cheap lower estimate of ||J(z)||_{p->2}, z [N, *S], from x's vector warm [N, n]:
-    ||J(z) w|| after ``screen_iter`` - 1 power-iteration steps w <- J^T J w / ||J^T J w||
+    ||J(z) w|| after ``iters`` - 1 power-iteration steps w <- J^T J w / ||J^T J w||
     from w = warm (l2, unit w: a value <= sigma_max), or sign-iteration steps
-    s <- sign(J^T J s) from s = warm (l-inf: a feasible value ||J s||). The default
-    (screen_iter = 1) costs one product J w per point."""
+    s <- sign(J^T J s) from s = warm (l-inf: a feasible value ||J s||); 2 iters - 1
+    products per point (``screen_iter`` for random points, ``points_iter`` for the
+    caller's)."""
     op = JacobianOperator(attr, z, target)
     w = warm
-    for _ in range(opts["screen_iter"] - 1):
+    for _ in range(iters - 1):
         m = op.gram(w)
         w = unit(m) if norm == "2" else _vertex(m, w, box, eps)
     return op.matvec(w).flatten(1).norm(dim=1)
@@ -219,29 +221,30 @@ def region_pass(
         best_z = torch.where(per_example(better, z), z, best_z)
         code = torch.where(better, torch.full_like(code, kind), code)
 
-    groups: list[tuple[Tensor, int]] = []
+    groups: list[tuple[Tensor, int, int]] = []  # (candidates [k, B, *S], kind, iters)
     if opts["random"] > 0:
-        groups.append((sample_ball(x, eps, norm, opts["random"], gen, domain), 1))
+        groups.append((sample_ball(x, eps, norm, opts["random"], gen, domain), 1,
+                       opts["screen_iter"]))
     if points is not None:
-        groups.append((points, 2))
+        groups.append((points, 2, opts["points_iter"]))
     search = _coarse_map(attr, opts)
 
-    def screen(m: Attribution, flat: Tensor, reps: int) -> Tensor:
+    def screen(m: Attribution, flat: Tensor, reps: int, iters: int) -> Tensor:
         tt, warm, of = target.repeat(reps), sx.vector.repeat(reps, 1), rows.repeat(reps)
         bx = None if box is None else (box[0].repeat(reps, 1), box[1].repeat(reps, 1))
         (scores,) = in_rows(
             lambda sl: (_screen(m.for_rows(of[sl], x.shape), flat[sl], tt[sl], warm[sl], norm,
-                                opts, None if bx is None else (bx[0][sl], bx[1][sl]), eps),),
+                                iters, None if bx is None else (bx[0][sl], bx[1][sl]), eps),),
             reps * b, limit,
         )
         return scores
 
-    for cand, kind in groups:
+    for cand, kind, iters in groups:
         k = cand.shape[0]
-        top, idx = screen(search, cand.reshape((k * b,) + shape), k).reshape(k, b).max(dim=0)
+        top, idx = screen(search, cand.reshape((k * b,) + shape), k, iters).reshape(k, b).max(0)
         picked = cand[idx, rows]
         if search is not attr:  # a score of the coarse map is no value of the full one
-            top = screen(attr, picked, 1)
+            top = screen(attr, picked, 1, iters)
         consider(top, picked, kind)
 
     if opts["ascent_steps"] > 0:
