@@ -98,3 +98,49 @@ def test_factory_weights_image_folder_and_normalisation(tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and {r["label"] for r in rows} == {0, 1}
+
+
+def test_report_gallery_rebuilds_an_exported_model_and_a_data_file(user_files, capsys):
+    """The report's gallery recomputes x, A(x) and A(x_adv) from the rows of a .pt2 model on
+    a --data file: x equals the file's images, x_adv lies in the ball, and A(x) equals an
+    autograd saliency of the surrogate written in the helpers."""
+    from helpers.references import autograd_saliency
+
+    from attrbound import intake, models
+    from attrbound.report.gallery import gallery_tensors, worst_rows
+
+    folder, model, data = user_files
+    out = folder / "gallery_rows.jsonl"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--n", "3",
+                 "--attribution", "saliency", "--norm", "inf", "--eps", "0.05",
+                 "--bound", "none", "--attack", "pgd", "--steps", "3",
+                 "--surrogate-beta", "10", "--no-progress", "--out", str(out)]) == 0
+    assert main(["report", str(out), "--out", str(folder / "report"), "--worst", "2",
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    page = (folder / "report" / "report.html").read_text()
+    assert "gallery.png" in page and "No gallery" not in page
+    rows = read_rows(out)
+    chosen = worst_rows(rows, 2)
+    x, x_adv, before, _ = gallery_tensors(out, chosen)
+    images = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(data))
+    idx = torch.tensor([r["index"] for r in chosen])
+    assert torch.equal(x, images["images"][idx])
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-6
+    smooth = models.smooth_surrogate(intake.load_model(str(model)), 10.0)
+    pred = torch.tensor([r["pred"] for r in chosen])
+    assert torch.allclose(before, autograd_saliency(smooth, pred)(x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["train", "explain", "bound", "attack", "evaluate",
+                                     "report", "demo"])
+def test_every_command_takes_device_and_refuses_an_unknown_one(command, tmp_path, capsys):
+    model = ["--model", str(tmp_path / "m.safetensors")]  # never read: the device is first
+    eps = [*model, "--eps", "0.1"]
+    needs = {"train": ["--out", str(tmp_path / "m.safetensors")],
+             "report": [str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "r")],
+             "explain": [*model, "--out", str(tmp_path / "e.png")], "bound": eps,
+             "attack": eps, "evaluate": [*model, "--out", str(tmp_path / "rows.jsonl")],
+             "demo": ["--out", str(tmp_path / "demo")]}
+    status = main([command, *needs.get(command, []), "--device", "tpu9"])
+    err = capsys.readouterr().err
+    assert status == 2 and "--device 'tpu9'" in err and err.count("\n") == 1, err

@@ -243,6 +243,25 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise AttrboundError(f"{path} is not valid TOML ({exc}).") from None
 
 
+def paths_of(grid: Grid) -> dict[str, str | None]:
+    """The file paths a row's config keeps beside the identity (which holds their digests
+    only, so that moving a file keeps the rows resumable): ``weights`` and ``data``."""
+    return {key: None if getattr(grid, key) is None else str(getattr(grid, key))
+            for key in ("weights", "data")}
+
+
+def grid_from_config(config: dict[str, Any], device: str = "cpu") -> Grid:
+    """The grid that wrote rows whose ``config`` is given (its identity plus the paths of
+    :func:`paths_of` and ``model``), on ``device``; used to rebuild the model and inputs
+    of written rows (the report's gallery)."""
+    names = {f.name for f in dataclasses.fields(Grid)}
+    values = {k: v for k, v in config.items() if k in names}
+    if values.get("data") is not None:  # the rows' dataset then names the data file
+        values.pop("dataset", None)
+    values["device"] = device
+    return Grid.from_dict(values)
+
+
 def config_id(identity: dict[str, Any]) -> str:
     """A short digest of an identity dict (16 hex digits of its canonical JSON's SHA-256)."""
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))

@@ -35,7 +35,7 @@ from attrbound.attacks import attack as library_attack
 from attrbound.attributions import attribution
 from attrbound.bounds import bound as library_bound
 from attrbound.campaign.executor import Executor, SerialExecutor
-from attrbound.campaign.grid import Grid, config_id
+from attrbound.campaign.grid import Grid, config_id, paths_of
 from attrbound.campaign.rows import map_name, row_key
 from attrbound.campaign.store import (
     adv_dir,
@@ -52,8 +52,8 @@ from attrbound.errors import AttrboundError
 from attrbound.results import AttackFunction, BoundFunction
 
 
-def _inputs(grid: Grid, model: nn.Module, images: Tensor | None,
-            labels: Tensor | None) -> tuple[Tensor, Tensor, str | None]:
+def grid_inputs(grid: Grid, model: nn.Module, images: Tensor | None = None,
+                labels: Tensor | None = None) -> tuple[Tensor, Tensor, str | None]:
     """(images [N, *S], labels [N], dataset name) of the grid's split or its ``data`` file or
     folder, unless given."""
     dataset = grid.dataset or (getattr(model, "config", {}) or {}).get("dataset")
@@ -111,14 +111,14 @@ def prepare(
     if not digest_of.is_file():
         raise AttrboundError(f"no model file at {digest_of}.")
     sha = file_sha256(digest_of)
-    images, labels, dataset = _inputs(grid, model, images, labels)
+    images, labels, dataset = grid_inputs(grid, model, images, labels)
     bounded = _bounded_map(grid, model, images[grid.start:grid.start + 1].to(grid.device))
     for name in grid.attributions:  # bad options fail here, not in every unit
         attribution(name, model, **grid.attribution_options.get(name, {}))
     ident = grid.identity(sha, None if grid.data is None else file_sha256(grid.data))
     ident["dataset"] = dataset
     config = {**ident, "config_id": config_id(ident), "model": str(grid.model),
-              "torch": torch.__version__}
+              "torch": torch.__version__, **paths_of(grid)}
     return UnitContext(
         grid=grid, model=model, images=images, labels=labels, config=config, map=bounded,
         bound_fn=(bound_fn or library_bound) if grid.bounds else None,

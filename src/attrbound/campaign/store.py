@@ -123,9 +123,9 @@ def locked_append(path: Path) -> Iterator[BinaryIO]:
 
 def check_config(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None:
     """Raise :class:`ConfigMismatch` naming the changed settings when a row of ``rows`` was
-    written by a configuration other than ``config`` (its ``config_id``; the model's path and
-    the torch version may differ)."""
-    ignored = ("config_id", "model", "torch")
+    written by a configuration other than ``config`` (its ``config_id``; the paths of the
+    model, weights and data and the torch version may differ)."""
+    ignored = ("config_id", "model", "weights", "data", "torch")
     for row in rows:
         old = row.get("config") or {}
         if old.get("config_id") == config["config_id"]:

@@ -14,6 +14,7 @@ import shlex
 import sys
 
 from attrbound import models
+from attrbound.cli.common import check_device
 from attrbound.training import train_and_save
 from attrbound.training.objectives import MODES
 
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     g = p.add_argument_group("mode options (default: the mode's own defaults)")
     g.add_argument("--eps", type=float, default=None,
                    help="radius of the inner maximisation: pgd_at, trades, ig_norm (default 0.1)")
@@ -71,10 +73,12 @@ def run(args: argparse.Namespace) -> int:
     command = "attrbound " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     options = {opt: getattr(args, dest) for dest, opt in MODE_OPTIONS.items()
                if getattr(args, dest, None) is not None}
+    check_device(args.device)
     _, config = train_and_save(
         args.out, dataset=args.dataset, arch=args.arch, activation=args.activation,
         beta=args.beta, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, root=args.root, command=command, mode=args.mode, options=options,
+        device=args.device,
     )
     opts = ", ".join(f"{k}={v}" for k, v in config["mode_options"].items())
     print(

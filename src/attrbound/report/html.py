@@ -99,7 +99,8 @@ img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 3px}
 .note{color:#555;font-size:13px}"""
 
 
-def _gallery_html(rows_path: Path, rows: list[dict[str, Any]], out: Path, worst: int) -> str:
+def _gallery_html(rows_path: Path, rows: list[dict[str, Any]], out: Path, worst: int,
+                  device: str) -> str:
     chosen = worst_rows(rows, worst)
     stale = out / "gallery.png"
     if stale.exists():
@@ -107,7 +108,7 @@ def _gallery_html(rows_path: Path, rows: list[dict[str, Any]], out: Path, worst:
     if not chosen:
         return "<p class='note'>No gallery: the rows carry no x_adv.</p>"
     try:
-        name = render_gallery(rows_path, chosen, out / "gallery.png")
+        name = render_gallery(rows_path, chosen, out / "gallery.png", device)
     except (AttrboundError, OSError) as exc:
         return f"<p class='note'>No gallery: {html.escape(str(exc).rstrip('.'))}.</p>"
     return f"<img src='{name}' alt='gallery'>\n" + gallery_table(chosen)
@@ -119,10 +120,12 @@ def write_report(
     *,
     worst: int = 8,
     gallery: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Write ``out_dir/report.html`` and its PNG figures from a rows file; returns the page.
 
-    ``worst``: number of inputs in the gallery (0 or ``gallery=False``: none). See
+    ``worst``: number of inputs in the gallery (0 or ``gallery=False``: none); ``device``:
+    where the gallery's maps are recomputed (default cpu; the rest is plotting). See
     :mod:`attrbound.report` for the figures. Raises AttrboundError if the file has no rows.
     """
     rows_path, out = Path(rows_path), Path(out_dir)
@@ -148,7 +151,8 @@ def write_report(
         figs.append(("Smoothed map: certified cosine against eps", smoothed,
                      "Median over inputs of the certified cosine of method smoothed (probability "
                      ">= 1 - alpha over attrbound's samples), one line per sigma; -1: vacuous."))
-    gallery_html = _gallery_html(rows_path, rows, out, worst) if gallery and worst > 0 else ""
+    gallery_html = (_gallery_html(rows_path, rows, out, worst, device)
+                    if gallery and worst > 0 else "")
     (out / "report.html").write_text(_page(rows, rows_path, summary, figs, gallery_html))
     return out / "report.html"
 

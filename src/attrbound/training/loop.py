@@ -37,14 +37,16 @@ DEFAULT_EPOCHS: dict[str, float] = {
 
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
-    """Fraction of images [N, ...] whose argmax logit equals labels [N]."""
+    """Fraction of images [N, ...] whose argmax logit equals labels [N], in batches of
+    ``batch_size`` moved to the model's device."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            pred = model(images[i : i + batch_size]).argmax(dim=1)
-            correct += int((pred == labels[i : i + batch_size]).sum())
+            pred = model(images[i : i + batch_size].to(device)).argmax(dim=1)
+            correct += int((pred == labels[i : i + batch_size].to(device)).sum())
     model.train(was_training)
     return correct / max(1, len(images))
 
@@ -127,13 +129,16 @@ def train_and_save(
     command: str | None = None,
     mode: str = "natural",
     options: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build, train on ``dataset`` (bundled subset, or full files under ``root``), evaluate on
     its test split, and save a checkpoint at ``out``. Returns (model, config).
 
     ``mode`` and ``options`` choose the objective as in :func:`train`; ``epochs`` None means
     the mode's :data:`DEFAULT_EPOCHS` (3; ig_norm 1). The config records the mode, its
-    resolved options, the training time and the test accuracy."""
+    resolved options, the training time and the test accuracy. ``device``: where the model
+    trains (default cpu); the data stay on the CPU and move batch by batch, and the
+    checkpoint is saved from the CPU (the same file whichever device trained it)."""
     mode_options = objectives.resolve(mode, options)
     if epochs is None:
         epochs = DEFAULT_EPOCHS[mode]
@@ -149,7 +154,7 @@ def train_and_save(
         "classes": classes,
         "dataset": dataset,
     }
-    model = models.build(config)
+    model = models.build(config).to(device)
     start = time.perf_counter()
     train(model, x_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
           progress=progress, mode=mode, options=mode_options)
