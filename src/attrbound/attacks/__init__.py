@@ -74,6 +74,7 @@ from attrbound.attacks.objectives import (
     default_k,
     spatial,
 )
+from attrbound.attacks.starts import STARTS
 from attrbound.attributions import Attribution, resolve_target
 from attrbound.attributions import attribution as make_attribution
 from attrbound.errors import AttrboundError, check_choice
@@ -83,8 +84,9 @@ from attrbound.results import AttackResult
 
 __all__ = [
     "DEFAULT_APGD_RESTARTS", "DEFAULT_APGD_STEPS", "DEFAULT_K_FRACTION", "DEFAULT_SAMPLES",
-    "DEFAULT_STEPS", "METHODS", "OBJECTIVES", "PGD", "POINTS_PER_PASS", "SCHEDULES",
-    "AttackResult", "IFIACenter", "IFIATopK", "Objective", "RandomSampling",
+    "DEFAULT_START", "DEFAULT_STEPS", "METHODS", "OBJECTIVES", "PGD", "POINTS_PER_PASS",
+    "SCHEDULES",
+    "AttackResult", "IFIACenter", "IFIATopK", "Objective", "RandomSampling", "STARTS",
     "ScheduledAttackResult", "attack", "default_batch_size", "default_k", "default_step_size",
 ]
 
@@ -102,19 +104,25 @@ SCHEDULES: dict[str, tuple[_Search, int, int, Callable[[float, int], float]]] = 
              lambda eps, steps: INITIAL_STEP * eps),
     "fixed": (ascend_fixed, DEFAULT_STEPS, 1, default_step_size),
 }
+#: the first run's start by schedule when ``start`` is not given: APGD's first run starts at
+#: the first-order worst case, the fixed schedule reproduces the earlier versions' random one.
+DEFAULT_START: dict[str, str] = {"apgd": "spectral", "fixed": "random"}
 
 
 @dataclass
 class ScheduledAttackResult(AttackResult):
-    """:class:`~attrbound.results.AttackResult` plus ``schedule``: the step schedule of the
-    gradient methods (``"apgd"`` or ``"fixed"``; None for ``random``), also in every row."""
+    """:class:`~attrbound.results.AttackResult` plus ``schedule``, the step schedule of the
+    gradient methods (``"apgd"`` or ``"fixed"``), and ``start``, their first run's start
+    (``"spectral"`` or ``"random"``); both None for ``random`` and in every row."""
 
     schedule: str | None = None
+    start: str | None = None
 
     def to_rows(self) -> list[dict[str, Any]]:
         rows = super().to_rows()
         for row in rows:
             row["schedule"] = self.schedule
+            row["start"] = self.start
         return rows
 
 
@@ -135,6 +143,7 @@ def _check(
     steps: int | None, step_size: float | None, restarts: int | None, k: int | None,
     n: int | None,
     domain: tuple[float, float] | None, batch_size: int | None, schedule: str,
+    start: str | None = None,
 ) -> _Settings:
     """Validate attack()'s arguments, one sentence per mistake; fill in the defaults."""
     cls = METHODS[check_choice("attack method", str(method).lower(), tuple(METHODS))]
@@ -144,6 +153,8 @@ def _check(
     check_batch(x, model)
     schedule = check_choice("schedule", str(schedule).lower(), tuple(SCHEDULES))
     _, default_steps, default_restarts, default_alpha = SCHEDULES[schedule]
+    start = DEFAULT_START[schedule] if start is None else check_choice(
+        "start", str(start).lower(), STARTS)
     steps = check_positive_int("steps", default_steps if steps is None else steps)
     restarts = check_positive_int("restarts", default_restarts if restarts is None else restarts)
     alpha = default_alpha(eps, steps) if step_size is None else float(step_size)
@@ -161,7 +172,7 @@ def _check(
         raise AttrboundError(f"k must lie in [1, {pixels}] (the pixels of one input), got {k}.")
     check_in_domain(x, domain)
     obj = cls.from_options(objective=objective, k=k)
-    budget = Budget(steps, alpha, restarts, samples, batch_size, schedule)
+    budget = Budget(steps, alpha, restarts, samples, batch_size, schedule, start)
     return _Settings(obj, norm, eps, domain, budget, k)
 
 
@@ -253,13 +264,16 @@ def attack(
     attribution_options: dict[str, Any] | None = None,
     batch_size: int | None = None,
     schedule: str = "apgd",
+    start: str | None = None,
 ) -> ScheduledAttackResult:
     """Attack the attribution of ``model`` at each input: a lower bound on the worst case.
 
-    Every gradient method: random start uniform in the ball ∩ domain, ``restarts`` runs
-    stacked into the batch; l-inf sign steps, l2 normalised steps, then projection onto the
-    ball and the domain, with the step size set by ``schedule``; an iterate counts only if the
-    REAL model's predicted class is unchanged; each input reports its most successful valid
+    Every gradient method: ``restarts`` runs stacked into the batch, the first from the
+    first-order worst case of the map (``start="spectral"``, the default of ``apgd``) or
+    uniform in the ball ∩ domain like the others (``"random"``, the default of ``fixed``);
+    l-inf sign steps, l2 normalised steps, then projection onto the ball and the domain,
+    with the step size set by ``schedule``; an iterate counts only if the REAL model's
+    predicted class is unchanged; each input reports its most successful valid
     iterate, or x itself when none beats x (deviation 0, cosine 1, top-k 1, ...).
 
     The map attacked and measured: the model's own map A, or, for a piecewise-linear model
@@ -291,9 +305,16 @@ def attack(
             stagnates; :func:`attrbound.attacks.apgd.ascend_apgd`); ``"fixed"``: the constant
             step alpha (the attack of earlier versions, reproduced exactly). Ignored by
             ``random``; recorded in the result and its rows (None for ``random``).
-        restarts: independent runs per input, each from its own random start, stacked into
-            the batch dimension (default: ``apgd`` 2, so that the default attack costs
-            2 x 25 = 50 gradients per input, PGD-50's; ``fixed`` 1).
+        restarts: independent runs per input, stacked into the batch dimension (default:
+            ``apgd`` 2, so that the default attack costs 2 x 25 = 50 gradients per input,
+            PGD-50's, plus the spectral start's ~11 products; ``fixed`` 1).
+        start: the first run's start: ``"spectral"`` (default with ``apgd``):
+            x + eps v (l2, v the top right singular vector of J(x) from 6 Lanczos steps) or
+            the clipped-box vertex c + r s (l-inf, s from 3 sign-iteration steps from sign v;
+            :mod:`attrbound.attacks.starts`), where the linearised map moves most; the
+            euclidean objective has zero gradient at x, and a random start lands in one of
+            its many local maxima. ``"random"`` (default with ``fixed``): uniform in the
+            ball ∩ domain. The other runs always start at random.
         k: top-k size for the rank metric and ifia_topk (default 100 for 28x28 inputs,
             Chen et al. 2019; else the same fraction 100/784 of the pixels).
         n: random samples for ``random`` (default 200, Quantus' MaxSensitivity).
@@ -322,7 +343,7 @@ def attack(
     started = time.perf_counter()
     st = _check(model, x, eps=eps, norm=norm, method=method, objective=objective, steps=steps,
                 step_size=step_size, restarts=restarts, k=k, n=n, domain=domain,
-                batch_size=batch_size, schedule=schedule)
+                batch_size=batch_size, schedule=schedule, start=start)
     real, attacked, beta = _maps(model, attribution, attribution_options, st.obj,
                                  surrogate_beta, x)
     if st.budget.rows is None:
@@ -377,4 +398,5 @@ def _result(
         raw_cosine=raw_cosine,
         map="model" if beta is None else f"surrogate(beta={beta:g})",
         schedule=st.budget.schedule if ascent else None,
+        start=st.budget.start if ascent else None,
     )

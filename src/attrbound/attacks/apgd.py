@@ -73,7 +73,7 @@ def ascend_apgd(
     eta = ``budget.alpha`` (default 2 eps), alpha = 0.75, rho = 0.75 and the checkpoints W of
     :func:`checkpoints`:
 
-        z_0 ~ uniform(ball ∩ domain)                                    (random start)
+        z_0 ~ uniform(ball ∩ domain)       (random start; run 1: the spectral start)
         z_1 = P(z_0 + eta dir(grad gain(z_0)))
         for k = 1 .. N-1:
             u       = P(z_k + eta dir(grad gain(z_k)))
@@ -84,8 +84,10 @@ def ascend_apgd(
           Condition 2: eta was not halved at w_{j-1} and f_max did not grow since w_{j-1}
         (w_0 = 0).
 
-    Details the paper leaves open: the start is uniform in ball ∩ domain (as the fixed
-    schedule's); after a restart from z_max the next rise is counted against f_max; the
+    Details the paper leaves open: the start is uniform in ball ∩ domain, except that
+    the first run starts, by default, at the first-order worst case of the map
+    (:func:`attrbound.attacks.starts.spectral_start`; ``start="random"``: uniform too);
+    after a restart from z_max the next rise is counted against f_max; the
     checkpoint after the last step is not used (no step follows it).
 
     Every iterate z_0 .. z_N is scored (N + 1 evaluations, N gradients, as the fixed
@@ -95,7 +97,7 @@ def ascend_apgd(
 
     Returns as :func:`attrbound.attacks.engine.ascend_fixed`.
     """
-    run = Ascent(pb, obj, state, budget.restarts, gen)
+    run = Ascent(pb, obj, state, budget.restarts, gen, budget.start)
     n, norm = budget.steps, pb.norm
     marks = set(checkpoints(n))
     z = z_prev = run.start

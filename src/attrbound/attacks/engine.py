@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from attrbound.attacks.objectives import Objective, State
+from attrbound.attacks.starts import spectral_start
 from attrbound.attributions import Attribution, Saliency
 from attrbound.geometry import (
     batch_norm,
@@ -42,9 +43,10 @@ def default_batch_size(attr: Attribution) -> int:
 
 @dataclass
 class Budget:
-    """How hard to search: ``steps`` gradient steps from ``restarts`` random starts under
-    ``schedule`` (ascent; ``alpha`` is the fixed step, or APGD's initial step), or ``samples``
-    points (sampling); at most ``rows`` runs per pass (None: no limit)."""
+    """How hard to search: ``steps`` gradient steps from ``restarts`` starts under
+    ``schedule`` (ascent; ``alpha`` is the fixed step, or APGD's initial step; the first run
+    starts as ``start`` says, the others uniformly at random), or ``samples`` points
+    (sampling); at most ``rows`` runs per pass (None: no limit)."""
 
     steps: int
     alpha: float
@@ -52,6 +54,7 @@ class Budget:
     samples: int
     rows: int | None = None
     schedule: str = "apgd"
+    start: str = "random"  # of the first run: "random" or "spectral" (attacks.starts)
 
 
 @dataclass
@@ -132,13 +135,16 @@ class _Best:
 class Ascent:
     """What every gradient schedule shares, for R restarts stacked as [R*B, *S]:
 
-    the stacked inputs, labels, targets and state, the score of x itself (``base``, what a
+    the starts (``start``: uniform in ball ∩ domain, the first run's at the spectral start
+    of :mod:`attrbound.attacks.starts` when ``start="spectral"``), the stacked inputs,
+    labels, targets and state, the score of x itself (``base``, what a
     point must beat), ``evaluate`` (gradient of the gain, score and label test at z in one
     pass when the map is on f itself), ``step_to`` (the projection onto ball ∩ domain) and
     ``result`` (the best of the R runs per input)."""
 
     def __init__(
-        self, pb: _Problem, obj: Objective, state: State, restarts: int, gen: torch.Generator
+        self, pb: _Problem, obj: Objective, state: State, restarts: int, gen: torch.Generator,
+        start: str = "random",
     ) -> None:
         self.pb, self.obj, self.r = pb, obj, restarts
         self.x = repeat(pb.x, restarts)
@@ -149,6 +155,10 @@ class Ascent:
         self.fused = self.attr.model is pb.model  # labels from the same forward pass as the map
         self.start = sample_ball(pb.x, pb.eps, pb.norm, restarts, gen, pb.domain).reshape(
             self.x.shape)
+        if start == "spectral":  # drawn after the random starts: those stay as they were
+            b = pb.x.shape[0]
+            first = spectral_start(pb.attr, pb.x, pb.target, pb.eps, pb.norm, pb.domain, gen)
+            self.start = torch.cat([first, self.start[b:]])
         self.best = _Best(self.x, repeat(self.base, restarts), self.start)
 
         def total_gain(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -203,7 +213,7 @@ def ascend_fixed(
     """Projected steepest ascent of obj.gain with a fixed step (``schedule="fixed"``, PGD of
     Madry et al. 2018), R restarts stacked as [R*B, *S]:
 
-        z_0 ~ uniform(ball ∩ domain)                              (random start)
+        z_0 ~ uniform(ball ∩ domain)       (random start; or the spectral start, run 1)
         for t = 0 .. T:
             a_t = A(z_t), valid_t = [argmax f(z_t) = argmax f(x)]
             if valid_t and score(a_t) > best:  best, z* = score(a_t), z_t
@@ -216,7 +226,7 @@ def ascend_fixed(
     Returns (best valid point [B, *S], its score [B], score of x [B], points [B, R, *S]):
     points are each run's highest-scoring iterate whatever its label.
     """
-    run = Ascent(pb, obj, state, budget.restarts, gen)
+    run = Ascent(pb, obj, state, budget.restarts, gen, budget.start)
     z = run.start
     for i in range(budget.steps + 1):
         g, _, _ = run.evaluate(z, gradient=i < budget.steps)

@@ -154,6 +154,27 @@ def burer_monteiro(m: Surrogate, rank: int, steps: int, gen: torch.Generator) ->
     return v
 
 
+def top_ritz_vector(s: Sketch) -> Tensor:
+    """The sketch's top Ritz vector of M, Q_k y with y the top eigenvector of T_k: [B, n]."""
+    k = s.alphas.shape[1]
+    y = torch.linalg.eigh(_tridiagonal(s.alphas, s.betas))[1][:, :, -1]  # [B, k]
+    return torch.einsum("bk,bkn->bn", y.to(s.basis.dtype), s.basis[:, :k])
+
+
+def best_rounding(m: Surrogate, v: Tensor, ritz: Tensor, rounds: int,
+                  gen: torch.Generator) -> Tensor:
+    """The sign vector of largest s^T M^ s [B, n] (``ritz``'s dtype) among the ``rounds``
+    random roundings sign(V g), g ~ N(0, I_r) drawn from ``gen`` (Goemans-Williamson style,
+    V [B, n, r] from :func:`burer_monteiro`), and sign(ritz) (the Ritz vector [B, n]);
+    zero entries become +1. Scored on the surrogate only: no product with M."""
+    b = v.shape[0]
+    g = torch.randn((v.shape[2], rounds), generator=gen, dtype=torch.float64).to(v.device)
+    cands = torch.cat([torch.sign(v @ g), torch.sign(ritz.double())[:, :, None]], 2)
+    cands = torch.where(cands == 0, torch.ones_like(cands), cands)
+    scores = (cands * m.apply(cands)).sum(dim=1)  # s^T M^ s [B, rounds + 1]
+    return cands[torch.arange(b, device=v.device), :, scores.argmax(dim=1)].to(ritz.dtype)
+
+
 @dataclass
 class InfToTwo:
     """Result of :func:`inf_to_two`, per example ([B]).
@@ -265,18 +286,13 @@ def inf_to_two(
     products = torch.full((b,), k, dtype=torch.long, device=start.device)
     v0 = round_up((n * sk.certified).clamp_min(0).sqrt() * (1 + 1e-15), dt)
     sur = surrogate(sk)
-    t_evecs = torch.linalg.eigh(_tridiagonal(sk.alphas, sk.betas))[1][:, :, -1]  # [B, k]
-    ritz_vec = torch.einsum("bk,bkn->bn", t_evecs.to(dt), sk.basis[:, :k])
+    ritz_vec = top_ritz_vector(sk)
     gen = torch.Generator().manual_seed(0)
     if dual_steps > 0:
         v = burer_monteiro(sur, rank, dual_steps, gen)
         w = sur.apply(v).norm(dim=2)
         w = torch.maximum(w, 1e-6 * w.mean(dim=1, keepdim=True)).clamp_min(1e-300)
-        g = torch.randn((rank, rounds), generator=gen, dtype=torch.float64).to(v.device)
-        cands = torch.cat([torch.sign(v @ g), torch.sign(ritz_vec.double())[:, :, None]], 2)
-        cands = torch.where(cands == 0, torch.ones_like(cands), cands)
-        scores = (cands * sur.apply(cands)).sum(dim=1)  # s^T M^ s [B, rounds + 1]
-        best = cands[torch.arange(b), :, scores.argmax(dim=1)].to(dt)
+        best = best_rounding(sur, v, ritz_vec, rounds, gen)
     else:
         w = torch.ones(b, n, dtype=torch.float64, device=start.device)
         best = ritz_vec
@@ -296,5 +312,5 @@ def inf_to_two(
     )
 
 
-__all__ = ["InfToTwo", "Sketch", "Surrogate", "burer_monteiro", "inf_to_two", "sketch",
-           "surrogate", "weighted_bound"]
+__all__ = ["InfToTwo", "Sketch", "Surrogate", "best_rounding", "burer_monteiro", "inf_to_two",
+           "sketch", "surrogate", "top_ritz_vector", "weighted_bound"]
