@@ -467,6 +467,40 @@ def test_region_refines_the_callers_points_before_ranking_them():
     assert float(one_product.operator_norm[0]) < 0.6 * float(exact[0])
 
 
+class BulgingHessian(nn.Module):
+    """Logit 0: f(z) = z1 + z2 + h(z3) (z1^2 + z2^2) / 2 with h(t) = 1 + 8 t (1 - t): on the
+    line z1 = z2 = 0 the Hessian (saliency's Jacobian) is diag(h, h, 0), 1 at t = 0 and t = 1
+    and 3 at t = 1/2. Logit 1: -1e6."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z1, z2, t = z.unbind(dim=1)
+        f = z1 + z2 + (1 + 8 * t * (1 - t)) * (z1**2 + z2**2) / 2
+        return torch.stack([f, torch.full_like(f, -1e6)], dim=1)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_region_searches_the_segment_to_a_callers_point(norm):
+    # the caller's point p = x + e3 sits where ||J|| is back to its value at x; the sup is in
+    # the middle of the segment (dense SVD there: 3), where region must find it
+    model = BulgingHessian().eval()
+    x = torch.zeros(1, 3, dtype=torch.float64)
+    p = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    mid = torch.tensor([[0.0, 0.0, 0.5]], dtype=torch.float64)
+    j = full_jacobian(model, "saliency", mid, target=0)
+    exact = top_singular_value(j) if norm == "2" else inf_to_two_enumerated(j)
+    at_p = top_singular_value(full_jacobian(model, "saliency", p, target=0))
+    assert float(exact[0]) > 2 * float(at_p[0])
+    res = bound(model, x, eps=1.0, norm=norm, method="region", domain=None, points=p[:, None],
+                target=0, random=0, ascent_steps=0)
+    assert res.source == ["points"]
+    assert torch.equal(res.argmax, mid)
+    assert float(res.operator_norm[0]) >= float(exact[0])
+    if norm == "2":  # the certified Lanczos value, within its stopping gap
+        assert float(res.operator_norm[0]) <= float(exact[0]) * 1.01
+    else:  # the sign iteration's feasible value at the midpoint is the enumerated maximum
+        assert float(res.lower[0]) >= float(exact[0]) * (1 - 1e-12)
+
+
 def test_batched_equals_one_by_one_and_chunks():
     model, x = _cnn(seed=4), _inputs((1, 8, 8), b=4, seed=7)
     kw = dict(eps=0.1, norm=2, attribution="integrated_gradients",

@@ -145,11 +145,16 @@ def bound(
             solves are the full map's, so the coarse map only steers the search.
         step_size: ascent step (default 2.5 eps / ascent_steps); screen_iter: products per
             screened point (default 1: ||J(z) w|| with w x's singular / sign vector; more
-            refine w by power (l2) or sign (l-inf) iteration steps at z); points_iter: the
-            same for the caller's ``points`` (default 8: 15 products per point). The caller's
-            points are few and chosen (an attack's end points sit where the map moves most),
-            so they get the refined score; with one product, a point whose top singular
-            vector differs from x's is ranked below a random point and never solved.
+            refine w by power (l2) or sign (l-inf) iteration steps at z).
+        points_iter: the caller's points p are searched along their segments
+            z = x + t (p - x), t in 1/4, 1/2, 3/4, 1 (the mean-value theorem puts a large
+            operator norm somewhere on the segment of a point where the map moved, often
+            inside it): each z is scored by one product from x's vector and one from the
+            segment's own direction (p - x, scaled into the set); each point itself and its
+            best interior z then get ``points_iter`` - 1 (default 3) power / sign steps from
+            the better of the two vectors (2 points_iter - 1 = 7 products each), and the
+            best of those competes with the other sources for the tight solve: 22 products
+            per caller point by default.
 
     Options of interval: see :func:`attrbound.interval.interval_bound`.
 

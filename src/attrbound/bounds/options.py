@@ -70,7 +70,7 @@ REGION_SPECS: dict[str, Option] = {
     "restarts": Option(1, minimum=1),
     "step_size": Option(None, positive=True),
     "screen_iter": Option(1, minimum=1),
-    "points_iter": Option(8, minimum=1),
+    "points_iter": Option(4, minimum=1),
     "coarse_ig_steps": Option(8, minimum=1, none_ok=True),  # None: never coarsen
 }
 

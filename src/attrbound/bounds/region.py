@@ -7,8 +7,11 @@ points the caller passes (e.g. attack iterates) and along projected gradient asc
 ||J(z)||_{p->2} inside P(x):
 
 - every point z other than x is scored by a cheap lower estimate of ||J(z)||_{p->2}
-  (||J(z) w|| with w x's singular / sign vector, refined by power / sign steps at z: one
-  product per random point, 15 per caller point by default);
+  (||J(z) w|| with w x's singular / sign vector, refined by power / sign steps at z): one
+  product per random point; the caller's points are searched along their segments from x
+  (:func:`_segment_candidates`), one product from x's vector and one from the segment's
+  direction per candidate, then ``points_iter`` refinement steps for each point itself and
+  its best interior candidate;
 - the ascent climbs phi(z) = u^T J(z) w with (u, w) tracking the top singular pair (l2) or
   (J s / ||J s||, s) (l-inf) by alternating half-steps of the power / sign iteration
   (:func:`attrbound.linalg.bilinear_gradient`);
@@ -177,6 +180,38 @@ def _ascend(
     return best, best_z
 
 
+#: where the caller's points' segments are searched, z = x + t (p - x)
+SEGMENT = (0.25, 0.5, 0.75, 1.0)
+
+
+def _segment_candidates(
+    x: Tensor, points: Tensor, eps: float, norm: str, box: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """Candidates on the segments from x [B, *S] to the caller's points [P, B, *S] (each
+    projected into the set first), and each one's own start vector:
+    (z [P * len(SEGMENT), B, *S], w [P * len(SEGMENT), B, n]).
+
+    A(p) - A(x) = int_0^1 J(x + t (p - x)) (p - x) dt, so where an attack moved the map by D
+    the operator norm along its segment reaches D / ||p - x||_p somewhere, often inside it (a
+    sharp surrogate changes J along the way) rather than at p. The start vector is the
+    segment's own direction, a feasible vector of the set: (p - x) / ||p - x||_2 for l2,
+    (p - x) / eps for l-inf (a point of the clipped box / eps; at a vertex when the attack
+    ended at one)."""
+    delta = points - x.unsqueeze(0)
+    flat = delta.flatten(2)
+    if norm == "2":
+        w = flat / flat.norm(dim=2, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    else:
+        w = flat / eps
+        if box is not None:  # inside the clipped box already (points were projected)
+            c, r = box
+            w = torch.minimum(torch.maximum(w, (c - r) / eps), (c + r) / eps)
+    t = torch.tensor(SEGMENT, dtype=x.dtype, device=x.device)
+    cand = x + t.reshape((-1,) + (1,) * x.dim()).unsqueeze(1) * delta.unsqueeze(0)
+    p = points.shape[0]
+    return cand.reshape((len(SEGMENT) * p,) + tuple(x.shape)), w.repeat(len(SEGMENT), 1, 1)
+
+
 # ----------------------------------------------------------------------------------------
 # One pass, and the method
 # ----------------------------------------------------------------------------------------
@@ -221,16 +256,13 @@ def region_pass(
         best_z = torch.where(per_example(better, z), z, best_z)
         code = torch.where(better, torch.full_like(code, kind), code)
 
-    groups: list[tuple[Tensor, int, int]] = []  # (candidates [k, B, *S], kind, iters)
-    if opts["random"] > 0:
-        groups.append((sample_ball(x, eps, norm, opts["random"], gen, domain), 1,
-                       opts["screen_iter"]))
-    if points is not None:
-        groups.append((points, 2, opts["points_iter"]))
     search = _coarse_map(attr, opts)
 
-    def screen(m: Attribution, flat: Tensor, reps: int, iters: int) -> Tensor:
-        tt, warm, of = target.repeat(reps), sx.vector.repeat(reps, 1), rows.repeat(reps)
+    def screen(m: Attribution, flat: Tensor, reps: int, iters: int,
+               warm: Tensor | None = None) -> Tensor:
+        """Scores of flat [reps * B, *S] (candidate-major), from x's vector or ``warm``."""
+        tt, of = target.repeat(reps), rows.repeat(reps)
+        warm = sx.vector.repeat(reps, 1) if warm is None else warm
         bx = None if box is None else (box[0].repeat(reps, 1), box[1].repeat(reps, 1))
         (scores,) = in_rows(
             lambda sl: (_screen(m.for_rows(of[sl], x.shape), flat[sl], tt[sl], warm[sl], norm,
@@ -239,13 +271,39 @@ def region_pass(
         )
         return scores
 
-    for cand, kind, iters in groups:
+    if opts["random"] > 0:
+        cand = sample_ball(x, eps, norm, opts["random"], gen, domain)
         k = cand.shape[0]
-        top, idx = screen(search, cand.reshape((k * b,) + shape), k, iters).reshape(k, b).max(0)
+        top, idx = screen(search, cand.reshape((k * b,) + shape), k,
+                          opts["screen_iter"]).reshape(k, b).max(0)
         picked = cand[idx, rows]
         if search is not attr:  # a score of the coarse map is no value of the full one
-            top = screen(attr, picked, 1, iters)
-        consider(top, picked, kind)
+            top = screen(attr, picked, 1, opts["screen_iter"])
+        consider(top, picked, 1)
+
+    if points is not None:
+        cand, warm = _segment_candidates(x, points, eps, norm, box)  # [T * P, B, ...]
+        k, steps = cand.shape[0], len(SEGMENT)
+        flat, flat_warm = cand.reshape((k * b,) + shape), warm.reshape(k * b, -1)
+        own = screen(search, flat, k, 1, flat_warm).reshape(k, b)  # 1 product each
+        from_x = screen(search, flat, k, 1).reshape(k, b)  # 1 product each
+        start = torch.where((own >= from_x)[..., None], warm,
+                            sx.vector.unsqueeze(0).expand(k, -1, -1))
+        # per caller point: the point itself and its best-scoring interior candidate
+        p = k // steps
+        inner = torch.maximum(own, from_x).reshape(steps, p, b)[:-1].argmax(dim=0)  # [P, B]
+        pick = torch.cat([inner * p + torch.arange(p, device=x.device)[:, None],
+                          (steps - 1) * p + torch.arange(p, device=x.device)[:, None]
+                          .expand(p, b)])  # [2P, B] indices into the T * P candidates
+        picked, start = cand[pick, rows], start[pick, rows]
+        iters = opts["points_iter"]
+        refined = screen(search, picked.reshape((2 * p * b,) + shape), 2 * p, iters,
+                         start.reshape(2 * p * b, -1)).reshape(2 * p, b)
+        top, j = refined.max(dim=0)
+        picked, start = picked[j, rows], start[j, rows]
+        if search is not attr:  # a score of the coarse map is no value of the full one
+            top = screen(attr, picked, 1, iters, start)
+        consider(top, picked, 2)
 
     if opts["ascent_steps"] > 0:
         r = opts["restarts"]
