@@ -338,3 +338,35 @@ def test_box_operator_is_the_maximum_over_the_clipped_box():
     assert (res.upper >= exact).all() and (res.lower <= exact * (1 + 1e-12)).all()
     assert (op.direction(res.sign) - c).abs().le(r + 1e-15).all()  # a vertex of the box
     assert clipped_box(torch.full((1, 3), 0.5), 0.1, (0.0, 1.0)) is None  # nothing clipped
+
+
+def test_inf_to_two_refinement_brackets_and_its_gate_is_exact_when_off():
+    # d = 14 <= 16: against the maximum enumerated over the 2^14 sign vectors
+    b, d = 6, 14
+    g = _gen(70)
+    j = torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    j[:3] = j[:3] * torch.linspace(0.05, 2.0, d, dtype=torch.float64)  # uneven columns
+    j[3:] = j[3:, :1] + 0.02 * j[3:]  # nearly rank one: the sign rounding is already tight
+    op, exact = DenseOperator(j), inf_to_two_enumerated(j)
+    kw = dict(inner_iter=4)  # a 4-step sketch: its surrogate's weights are poor
+    off = inf_to_two(op, _start(b, d), refine_steps=0, **kw)
+    forced = inf_to_two(op, _start(b, d), refine_above=0.0, **kw)  # (a) every example refined
+    assert forced.refined.all() and not off.refined.any()
+    assert (forced.upper >= exact).all() and (forced.lower <= exact * (1 + 1e-12)).all()
+    assert (forced.lower >= off.lower).all()  # the better of the two sign iterations
+    s = forced.sign
+    assert set(s.unique().tolist()) <= {-1.0, 1.0} and (s[:, 0] == 1).all()
+    assert torch.allclose(forced.lower, torch.einsum("bij,bj->bi", j, s).norm(dim=1))
+    assert (forced.products > off.products + 4 * 13).all()  # probe, refinement, signs
+    # (b) the gate shut (no probe) is the refinement switched off, bit for bit
+    never = inf_to_two(op, _start(b, d), refine_above=math.inf, **kw)
+    for name in ("upper", "ritz", "lower", "upper_v0", "sign", "weights", "shift",
+                 "iterations", "converged", "products", "refined"):
+        assert torch.equal(getattr(never, name), getattr(off, name)), name
+    gated = inf_to_two(op, _start(b, d), **kw)  # the default gate: unrefined rows as with it off
+    keep = ~gated.refined
+    assert keep.any() and gated.refined.any(), gated.refined
+    for name in ("upper", "lower", "sign", "weights", "iterations"):
+        assert torch.equal(getattr(gated, name)[keep], getattr(off, name)[keep]), name
+    assert (gated.upper >= exact).all() and (gated.lower <= exact * (1 + 1e-12)).all()
+    assert (gated.upper[~keep] < off.upper[~keep]).all()  # the refined weights are better

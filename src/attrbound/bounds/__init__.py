@@ -123,6 +123,12 @@ def bound(
             surrogate that chooses the weights (default 50; 0: w = 1, the sqrt(n) sigma_max
             bound), Lanczos steps of the sketch that builds the surrogate (default 20), most
             sign-iteration steps (default 50); :func:`attrbound.linalg.inf_to_two`.
+        refine_steps, refine_above: l-inf only: where a 4-step probe of the weighted bound
+            exceeds ``refine_above`` (default 1.05) times the sign-iteration value, the
+            weights are refined by ``refine_steps`` (default 13; 0: never) rank-4
+            Burer-Monteiro steps on J^T J itself (4 products each): the surrogate misses the
+            slowly decaying spectrum of integrated gradients' J^T J (median upper / lower
+            1.39 without, 1.05 with, on the MNIST CNN at eps 0.05).
         seed: seed of the CPU generators (default 0): the start vectors of the solves at x
             draw from one seeded with ``seed`` (taylor's and region's agree), region's random
             points, restarts and further start vectors from one seeded with seed + 0x5EED.

@@ -58,6 +58,8 @@ SOLVER_SPECS: dict[str, Option] = {
     "dual_steps": Option(50, minimum=0),
     "inner_iter": Option(20, minimum=1),
     "sign_steps": Option(50, minimum=0),
+    "refine_steps": Option(13, minimum=0),
+    "refine_above": Option(1.05, positive=True),
     "delta": Option(1e-3, probability=True),
     "seed": Option(0),
     "batch_size": Option(None, minimum=1),

@@ -101,6 +101,7 @@ def solve(
         solved, start, certify_start=fresh, tol=opts["tol"], max_iter=opts["max_iter"],
         dual_steps=opts["dual_steps"], inner_iter=opts["inner_iter"],
         sign_steps=opts["sign_steps"], delta=opts["delta"],
+        refine_steps=opts["refine_steps"], refine_above=opts["refine_above"],
     )
     if box is None:
         return Solve(op.value, d.upper, d.lower, d.iterations, d.converged, d.sign,

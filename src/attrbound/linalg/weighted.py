@@ -7,7 +7,7 @@ B_w = W^{-1/2} M W^{-1/2}, and ||W^{1/2} s||^2 = sum_i w_i, so
     ||J||_{inf->2}^2 = max_s s^T M s <= (sum_i w_i) * lambda_max(B_w)       for EVERY w > 0.
 
 (Its minimum over w is the SDP value max {<M, X> : X PSD, diag X = 1}: v = lambda w is
-dual-feasible, diag(v) >= M.) Any w is valid, so w is chosen without extra products:
+dual-feasible, diag(v) >= M.) Any w is valid, so w is chosen from few products:
 
 1. sketch: ``sketch_steps`` Lanczos steps on M from ``start`` give Q_{k+1} [n, k+1] and
    T~ [(k+1), k] with M Q_k = Q_{k+1} T~; the same run certifies lambda_max(M) (the v = 0
@@ -19,16 +19,32 @@ dual-feasible, diag(v) >= M.) Any w is valid, so w is chosen without extra produ
    weights are its dual guess w_i = ||(M^ V)_i|| (floored at 1e-6 of their mean);
 4. lower value: the best of random-hyperplane roundings sign(V g) and sign(top Ritz vector),
    ranked on M^, then the sign iteration on M (a feasible s, ||J s|| <= ||J||_{inf->2});
+   s is returned with s_0 = +1 (||J s|| = ||J (-s)||);
+4b. gate (non-certifying): ``probe_steps`` Lanczos steps on B_w (w from step 3) from a
+   random start of the local generator give a Ritz value theta <= lambda_max(B_w), so
+   est = sqrt(sum w * theta) estimates the weighted bound from below; only the examples with
+   est > ``refine_above`` * lower value go on to step 4c (the others keep steps 3-4 exactly);
+4c. refinement on M itself (``refine_steps`` > 0), on the gated examples' operator only:
+   from V's top ``refine_rank`` principal directions (row-normalised), ``refine_steps``
+   Burer-Monteiro steps on M with momentum 1/2, Y = rownormalise(V + (V - V_prev) / 2),
+   V <- rownormalise(M Y) (``refine_rank`` products each); then w_i = ||(M Y)_i||. M^ misses
+   M's slowly decaying tail (integrated gradients: M is far from low rank), and its
+   isotropic tau puts weight on the wrong coordinates. The roundings of step 4 are redone
+   with sign(Y g) and sign(M Y g) as further candidates, then the sign iteration; the better
+   of the two lower values is kept;
 5. certificate: a FRESH random-start Lanczos run on B_w (never warm-started; it must be
-   independent of ``start``, from which w was chosen) to the Christoffel bound with delta / 2
+   independent of ``start`` and of the local generator (BM, roundings, probe), from which w
+   was chosen) to the Christoffel bound with delta / 2
    (:mod:`attrbound.linalg.certificate`), stopped once within ``tol`` of its Ritz value.
 
 upper = min(sqrt(sum w * xi_w), sqrt(n * xi_M)): both hold together with probability
->= 1 - delta (union bound over the two runs), for every J, over attrbound's random starts.
+>= 1 - delta (union bound over the two certifying runs; the probe certifies nothing), for
+every J, over attrbound's random starts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -154,6 +170,23 @@ def burer_monteiro(m: Surrogate, rank: int, steps: int, gen: torch.Generator) ->
     return v
 
 
+def refine(gram: MatVec, v: Tensor, rank: int, steps: int, dtype: torch.dtype
+           ) -> tuple[Tensor, Tensor]:
+    """``steps`` >= 1 Burer-Monteiro steps on the real M (module docstring, step 4c) from V's
+    top ``rank`` principal directions, with momentum 1/2. Returns (Y [B, n, rank'], the last
+    point multiplied, and M Y, float64), rank' = min(rank, r, n); costs rank' * steps
+    products."""
+    u, sv, _ = torch.linalg.svd(v, full_matrices=False)  # u [B, n, min(n, r)]
+    r = max(1, min(int(rank), u.shape[2]))
+    cur = _rownormalise(u[:, :, :r] * sv[:, None, :r])
+    prev = cur
+    for _ in range(max(1, int(steps))):
+        y = _rownormalise(cur + 0.5 * (cur - prev))
+        my = torch.stack([gram(y[:, :, j].to(dtype)).double() for j in range(r)], dim=2)
+        prev, cur = cur, _rownormalise(my)
+    return y, my
+
+
 def top_ritz_vector(s: Sketch) -> Tensor:
     """The sketch's top Ritz vector of M, Q_k y with y the top eigenvector of T_k: [B, n]."""
     k = s.alphas.shape[1]
@@ -162,14 +195,18 @@ def top_ritz_vector(s: Sketch) -> Tensor:
 
 
 def best_rounding(m: Surrogate, v: Tensor, ritz: Tensor, rounds: int,
-                  gen: torch.Generator) -> Tensor:
+                  gen: torch.Generator, more: tuple[Tensor, ...] = ()) -> Tensor:
     """The sign vector of largest s^T M^ s [B, n] (``ritz``'s dtype) among the ``rounds``
     random roundings sign(V g), g ~ N(0, I_r) drawn from ``gen`` (Goemans-Williamson style,
     V [B, n, r] from :func:`burer_monteiro`), and sign(ritz) (the Ritz vector [B, n]);
-    zero entries become +1. Scored on the surrogate only: no product with M."""
+    zero entries become +1; ``more``: further factors [B, n, r'], each rounded the same way.
+    Scored on the surrogate only: no product with M."""
     b = v.shape[0]
-    g = torch.randn((v.shape[2], rounds), generator=gen, dtype=torch.float64).to(v.device)
-    cands = torch.cat([torch.sign(v @ g), torch.sign(ritz.double())[:, :, None]], 2)
+    parts = []
+    for f in (v, *more):
+        g = torch.randn((f.shape[2], rounds), generator=gen, dtype=torch.float64).to(f.device)
+        parts.append(torch.sign(f @ g))
+    cands = torch.cat(parts + [torch.sign(ritz.double())[:, :, None]], 2)
     cands = torch.where(cands == 0, torch.ones_like(cands), cands)
     scores = (cands * m.apply(cands)).sum(dim=1)  # s^T M^ s [B, rounds + 1]
     return cands[torch.arange(b, device=v.device), :, scores.argmax(dim=1)].to(ritz.dtype)
@@ -183,12 +220,14 @@ class InfToTwo:
       upper bound on ||J||_{inf->2} with probability >= 1 - delta.
     - ``ritz``: the same expression at the Ritz values (an estimate, never above the
       weighted bound it approximates).
-    - ``lower``: ||J s||_2 of the best sign vector s found (feasible); ``sign``: that s.
+    - ``lower``: ||J s||_2 of the best sign vector s found (feasible); ``sign``: that s,
+      with s_0 = +1.
     - ``upper_v0``: sqrt(n * xi_M), the certified v = 0 bound sqrt(n) sigma_max.
     - ``weights``: w [B, n]; ``shift``: the equivalent additive dual v = xi_w w [B, n]
       (diag(v) >= M on the certificate's event).
     - ``iterations`` / ``converged``: of the certifying run; ``products``: products with M
-      in all (sketch, sign iteration, certificate).
+      in all (sketch, sign iterations, probe, refinement, certificate); ``refined``: bool,
+      whether the example passed the gate and was refined (module docstring, 4b-4c).
     """
 
     upper: Tensor
@@ -201,6 +240,24 @@ class InfToTwo:
     iterations: Tensor
     converged: Tensor
     products: Tensor
+    refined: Tensor | None = None
+
+
+def _rows_gram(op: LinearOperator, rows: Tensor, b: int) -> MatVec:
+    """The product with M of the examples ``rows`` only ([len(rows), n] -> [len(rows), n]):
+    op itself when rows is the whole batch, else op.restrict(rows), else the whole batch's
+    product with the other rows zero."""
+    if rows.numel() == b:
+        return op.gram
+    if hasattr(op, "restrict"):
+        return op.restrict(rows).gram  # type: ignore[attr-defined]
+
+    def gram(q: Tensor) -> Tensor:
+        full = q.new_zeros((b,) + q.shape[1:])
+        full[rows] = q
+        return op.gram(full)[rows]
+
+    return gram
 
 
 def _weighted_restrict(op: LinearOperator, scale: Tensor
@@ -257,6 +314,10 @@ def inf_to_two(
     delta: float = 1e-3,
     rank: int = 25,
     rounds: int = 16,
+    refine_rank: int = 4,
+    refine_steps: int = 13,
+    refine_above: float = 1.05,
+    probe_steps: int = 4,
 ) -> InfToTwo:
     """||J_b||_{inf->2} bracketed per example: certified weighted dual above, signs below.
 
@@ -272,6 +333,13 @@ def inf_to_two(
             (default 20). sign_steps: most sign-iteration steps (default 50).
         delta: failure probability of ``upper`` (default 1e-3; delta / 2 per run).
         rank, rounds: Burer-Monteiro rank (default 25) and roundings sign(V g) (default 16).
+        refine_rank, refine_steps: rank (default 4) and steps (default 13; 0: off, w from M^
+            alone, no probe) of the Burer-Monteiro refinement on M (step 4c), refine_rank *
+            refine_steps products for each refined example.
+        refine_above, probe_steps: the gate (step 4b): an example is refined when
+            sqrt(sum w * theta) > refine_above * lower (default 1.05; 0: every example,
+            inf: none and no probe), theta the Ritz value of ``probe_steps`` (default 4)
+            non-certifying Lanczos steps on B_w (probe_steps + 1 products, or fewer).
 
     Returns:
         :class:`InfToTwo` (values of the inf -> 2 norm itself, i.e. square roots).
@@ -298,6 +366,31 @@ def inf_to_two(
         best = ritz_vec
     s, low, st = sign_iteration(op.gram, best, max_steps=sign_steps)
     products = products + st + 1
+    refined = torch.zeros(b, dtype=torch.bool, device=start.device)
+    if dual_steps > 0 and refine_steps > 0 and not math.isinf(refine_above):
+        # gate (step 4b): a lower estimate of the weighted bound at w, NOT certifying; its
+        # start comes from the local generator, never from start or certify_start
+        scale = w.rsqrt().to(dt)
+        probe = lanczos(lambda q: scale * op.gram(scale * q), random_start((b, n), start, gen),
+                        which="largest", max_iter=probe_steps)
+        products = products + probe.iterations + 1
+        est = (w.sum(dim=1) * probe.value.double().clamp_min(0)).sqrt()
+        refined = est > refine_above * low.double()
+        rows = refined.nonzero().flatten()
+        if rows.numel() > 0:  # step 4c on those examples' operator only
+            gram = _rows_gram(op, rows, b)
+            y, my = refine(gram, v[rows], refine_rank, refine_steps, dt)
+            products[rows] += y.shape[2] * max(1, int(refine_steps))
+            w_r = my.norm(dim=2)
+            w[rows] = torch.maximum(w_r, 1e-6 * w_r.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+            sur_r = Surrogate(sur.q[rows], sur.g[rows], sur.tau[rows])
+            best_r = best_rounding(sur_r, v[rows], ritz_vec[rows], rounds, gen, (y, my))
+            s_r, low_r, st_r = sign_iteration(gram, best_r, max_steps=sign_steps)
+            products[rows] += st_r + 1
+            better = low_r > low[rows]
+            s[rows] = torch.where(better[:, None], s_r, s[rows])
+            low[rows] = torch.where(better, low_r, low[rows])
+    s = s * s[:, :1]  # ||J s|| = ||J (-s)||: s_0 = +1 (BoxOperator: direction(s) is a vertex)
     up_w, ritz, e = weighted_bound(op, w, certify_start, tol=tol, max_iter=max_iter,
                                    delta=delta / 2)
     products = products + e.iterations
@@ -308,9 +401,9 @@ def inf_to_two(
         ritz=torch.where(use_v0, (n * sk.ritz.clamp_min(0)).sqrt().to(dt), ritz),
         lower=low, upper_v0=v0, sign=s, weights=w.to(dt),
         shift=(e.certified.double()[:, None] * w).to(dt),
-        iterations=e.iterations, converged=e.converged, products=products,
+        iterations=e.iterations, converged=e.converged, products=products, refined=refined,
     )
 
 
 __all__ = ["InfToTwo", "Sketch", "Surrogate", "best_rounding", "burer_monteiro", "inf_to_two",
-           "sketch", "surrogate", "top_ritz_vector", "weighted_bound"]
+           "refine", "sketch", "surrogate", "top_ritz_vector", "weighted_bound"]
