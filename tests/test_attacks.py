@@ -137,7 +137,7 @@ def _quadratic_ratios(norm: str, seeds=range(8), batch: int = 16, **kw) -> torch
 
 
 def test_default_attack_reaches_l2_closed_form():
-    # the default settings (APGD, 2 runs of 25 steps): at least 0.99 of eps sigma_max(Q) on
+    # the default settings (APGD, 3 runs of 15 steps): at least 0.99 of eps sigma_max(Q) on
     # average over 128 inputs (fixed-step PGD-20, the old default, reaches 0.924)
     ratios = _quadratic_ratios("2")
     assert ratios.mean() >= 0.99, ratios.mean()
@@ -147,12 +147,13 @@ def test_default_attack_reaches_l2_closed_form():
 
 
 def test_default_attack_reaches_linf_enumerated_optimum():
-    # the default settings (APGD, 2 runs of 25 steps, the first from the spectral start): at
+    # the default settings (APGD, 3 runs of 15 steps, the first from the spectral start): at
     # least 0.99 of eps max_s ||Q s|| (enumerated over the 1,024 sign vectors) on average over
-    # 128 inputs; both runs from random starts reach 0.934 (a max-cut-type problem)
+    # 128 inputs (measured 0.9985); all three runs from random starts reach 0.962 (a
+    # max-cut-type problem)
     ratios = _quadratic_ratios("inf")
     assert ratios.mean() >= 0.99, ratios.mean()
-    assert _quadratic_ratios("inf", start="random").mean() < 0.95  # for scale
+    assert _quadratic_ratios("inf", start="random").mean() < ratios.mean() - 0.02
 
 
 def test_spectral_start_is_the_top_singular_direction_and_a_box_vertex():
@@ -549,11 +550,15 @@ def test_rows_record_the_schedule():
     x = torch.sigmoid(x)
     kw = dict(eps=0.1, norm="inf", steps=3)
     assert attack(model, x, **kw).to_rows()[0]["schedule"] == "apgd"
-    default = attack(model, x, eps=0.1, norm="inf")  # 2 runs of 25 steps, eta_0 = 2 eps
-    assert (default.steps, default.restarts, default.runs) == (25, 2, 6)
-    assert default.step_size == pytest.approx(0.2) and default.points.shape[1] == 2
+    default = attack(model, x, eps=0.1, norm="inf")  # 3 runs of 15 steps, eta_0 = 2 eps
+    assert (default.steps, default.restarts, default.runs) == (15, 3, 9)
+    assert default.step_size == pytest.approx(0.2) and default.points.shape[1] == 3
+    assert default.start == "spectral" and default.to_rows()[0]["start"] == "spectral"
     fixed = attack(model, x, schedule="fixed", **kw)
     assert fixed.schedule == "fixed" and fixed.to_rows()[0]["schedule"] == "fixed"
+    assert fixed.start == "random"
+    with pytest.raises(AttrboundError, match="start"):
+        attack(model, x, start="centre", **kw)
     assert fixed.step_size == pytest.approx(2.5 * 0.1 / 3)
     assert attack(model, x, method="random", n=4, **kw).to_rows()[0]["schedule"] is None
     with pytest.raises(AttrboundError, match="schedule"):

@@ -295,7 +295,7 @@ def attack(
         method: a name of :data:`METHODS`: ``pgd`` (default), ``ifia_topk``, ``ifia_center``
             or ``random``.
         objective: ``euclidean`` (default) or ``cosine``, for pgd and random.
-        steps: gradient steps per run (default: ``apgd`` 25, ``fixed`` 20, PGD-20 of Madry
+        steps: gradient steps per run (default: ``apgd`` 15, ``fixed`` 20, PGD-20 of Madry
             et al. 2018); the random start and every iterate, the last included, are scored:
             steps + 1 evaluations, steps gradients per run.
         step_size: ``fixed``: the step alpha (default 2.5 eps / steps, Madry et al. 2018);
@@ -306,8 +306,8 @@ def attack(
             step alpha (the attack of earlier versions, reproduced exactly). Ignored by
             ``random``; recorded in the result and its rows (None for ``random``).
         restarts: independent runs per input, stacked into the batch dimension (default:
-            ``apgd`` 2, so that the default attack costs 2 x 25 = 50 gradients per input,
-            PGD-50's, plus the spectral start's ~11 products; ``fixed`` 1).
+            ``apgd`` 3, so that the default attack costs 3 x 15 = 45 gradients per input
+            plus the spectral start's at most 10 products, about PGD-50's; ``fixed`` 1).
         start: the first run's start: ``"spectral"`` (default with ``apgd``):
             x + eps v (l2, v the top right singular vector of J(x) from 6 Lanczos steps) or
             the clipped-box vertex c + r s (l-inf, s from 3 sign-iteration steps from sign v;
