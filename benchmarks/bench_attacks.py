@@ -248,7 +248,8 @@ def main() -> int:
               "/ k, the attack of earlier versions); default = `attack(...)` with no budget "
               "given. Integrated gradients with 4 steps (the demo's). Cost in gradient "
               "evaluations (steps x restarts per input; each run also scores its last "
-              "iterate); seconds are one call each, while other jobs shared the 2 cores "
+              "iterate; the default's spectral start adds at most 10 products with J^T J "
+              "per input); seconds are one call each, while other jobs shared the 2 cores "
               f"(load average {load_strength:.2f} -> {os.getloadavg()[0]:.2f}), so compare "
               "the evaluations. Every deviation is a lower bound on the worst case: higher is "
               "stronger.", "", *table, "", f"Section time: {total_strength:.0f} s.", ""]

@@ -180,11 +180,13 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
         "## 2. Bounds against one 50-step PGD attack (d = 784)",
         "",
         "Same inputs for all rows of an attribution; PGD: `attack(..., method='pgd', "
-        "steps=50)` (1 restart, euclidean objective) with the default schedule (`apgd`) and "
+        "steps=50, restarts=1, start='random')` (one 50-step run, euclidean objective) with "
+        "the default schedule (`apgd`) and "
         "with `schedule='fixed'` (constant step 2.5 eps / 50, the attack the issue's targets "
         "were set against). Bounds with their defaults (region: 8 random points, 10 ascent "
         "steps, 1 restart, integrated gradients ascended on 8 steps; l-inf: 20-step sketch, "
-        "50 Burer-Monteiro steps, certified weighted dual, delta = 1e-3; domain (0, 1), so "
+        "50 Burer-Monteiro steps, the gated refinement on M, certified weighted dual, "
+        "delta = 1e-3; domain (0, 1), so "
         f"l-inf is over the clipped box). Median of {repeats} interleaved runs after a "
         "warm-up (l-inf integrated gradients: one run). Time ratio < 1: the bound is faster "
         "than the attack. The last row of each attribution is taylor l-inf with the demo's "
@@ -201,7 +203,8 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
         for norm, eps, budget in (("2", 0.5, {}), ("inf", 0.05, {}), ("inf", 0.05, BUDGET)):
             kw = dict(eps=eps, norm=norm, attribution=name, attribution_options=opts)
             fns = {
-                "pgd": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50, **kw),
+                "pgd": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50, restarts=1,
+                                                 start="random", **kw),
                 "fixed": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50,
                                                    schedule="fixed", **kw),
                 "taylor": lambda kw=kw, x=x, o=budget: bound(model, x, method="taylor",
@@ -238,15 +241,16 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
         "",
         "Products per input (mean) by stage of `linalg.inf_to_two` with the defaults, on the "
         "clipped box's operator J [c, diag r]: the sketch (Lanczos on M, 20 steps), the sign "
-        "iteration from the surrogate's best rounding (plus one product), the fresh-start "
-        "certifying run. One M product is timed on the same batch (median of "
+        "iterations, the gate's probe and the refinement of the weights on M where the gate "
+        "sends an input (together in one column), the fresh-start certifying run. "
+        "One M product is timed on the same batch (median of "
         f"{repeats}, operator construction included, 20 products per run), and PGD-50 (both "
         "schedules) is expressed in M products.",
         "",
         "| attribution | inputs | one M product ms | PGD-50 apgd in M products "
-        "| PGD-50 fixed in M products | sketch | sign iteration | certifying run | total "
-        "| upper/lower median |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| PGD-50 fixed in M products | sketch | sign iterations, probe, refinement "
+        "| certifying run | total | inputs refined | upper/lower median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, opts in (("saliency", {}), ("integrated_gradients", IG)):
         b = batch[name]
@@ -266,7 +270,8 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
                 v = op.gram(v)
 
         res = interleaved({
-            "pgd": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50, **kw),
+            "pgd": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50, restarts=1,
+                                                 start="random", **kw),
             "fixed": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50,
                                                schedule="fixed", **kw),
             "m": products}, repeats)
@@ -279,7 +284,8 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
         ratio = (full.upper / full.lower).median().item()
         lines.append(
             f"| {name} | {b} | {1000 * tm:.1f} | {tp / tm:.0f} | {tf / tm:.0f} | {sketch_p} "
-            f"| {total - sketch_p - cert:.1f} | {cert:.1f} | {total:.1f} | {ratio:.3f} |"
+            f"| {total - sketch_p - cert:.1f} | {cert:.1f} | {total:.1f} "
+            f"| {int(full.refined.sum())} / {b} | {ratio:.3f} |"
         )
         print(lines[-1], flush=True)
     lines.append("")
@@ -321,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads (default 1: on a shared 2-core machine two OpenMP "
                    "threads per process contend badly)")
     p.add_argument("--quick", action="store_true", help="fewer inputs (smoke run)")
+    p.add_argument("--sections", default="svd,pgd,dual,throughput",
+                   help="comma-separated sections to run (default all: svd,pgd,dual,"
+                   "throughput)")
     args = p.parse_args(argv)
+    sections = {s.strip() for s in args.sections.split(",")}
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load0 = os.getloadavg()
@@ -331,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_bounds.py"
         + (f" --threads {args.threads}" if args.threads != 1 else "")
-        + (" --quick" if args.quick else "") + "`",
+        + (" --quick" if args.quick else "")
+        + (f" --sections {args.sections}" if len(sections) < 4 else "") + "`",
         "",
         f"- Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} thread(s)), Python {platform.python_version()}, "
@@ -350,10 +361,14 @@ def main(argv: list[str] | None = None) -> int:
                 (3072, "saliency"): 2, (3072, "integrated_gradients"): 1}
         pgd_batch = {"saliency": 16, "integrated_gradients": 4}
         sizes = {"saliency": [1, 16, 128], "integrated_gradients": [1, 16]}
-    section_svd(ms, lines, refs)
-    section_pgd(ms, lines, pgd_batch, 1 if args.quick else 3)
-    section_dual_cost(ms, lines, pgd_batch, 1 if args.quick else 3)
-    section_throughput(ms, lines, sizes)
+    if "svd" in sections:
+        section_svd(ms, lines, refs)
+    if "pgd" in sections:
+        section_pgd(ms, lines, pgd_batch, 1 if args.quick else 3)
+    if "dual" in sections:
+        section_dual_cost(ms, lines, pgd_batch, 1 if args.quick else 3)
+    if "throughput" in sections:
+        section_throughput(ms, lines, sizes)
     load1 = os.getloadavg()
     lines.append(
         f"Total benchmark time: {time.perf_counter() - started:.0f} s; load average "
