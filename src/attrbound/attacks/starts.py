@@ -20,10 +20,10 @@ with J = dA/dz at x on the attacked map and (c, r) the clipped box of the ball a
   iteration s <- sign(M s) on the real M (:func:`attrbound.linalg.sign_iteration`).
 
 Cost per input: steps + 1 products with J^T J (l2), steps + sign_steps + 1 at most (l-inf);
-by default 7 and 10, against the 50 gradients of the default attack. On the quadratic test
-models (d = 10) the l-inf start alone reaches 0.999 of the enumerated optimum on average,
-where the sign of the top singular vector reaches 0.981 and a random start 0.934 (with APGD's
-two runs).
+by default 7 and 10, against the 45 gradients of the default attack's three runs. On the
+quadratic test models (d = 10, 128 inputs) the rounding alone reaches 0.999 of the enumerated
+l-inf optimum on average (the sign of the top singular vector: 0.981); the default attack,
+with this start first, 0.9985, and three APGD runs from random starts 0.962.
 """
 
 from __future__ import annotations
