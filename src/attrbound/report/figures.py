@@ -46,9 +46,16 @@ def methods(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(m for r in rows for m in r.get("bounds", {})))
 
 
-def _title(ax: Axes, attribution: str, norm: str) -> None:
+def _label(ax: Axes, attribution: str, norm: str, xlabel: str, ylabel: str,
+           legend: bool = True) -> None:
+    """A panel's title (attribution, norm), axis labels and, when ``legend`` and the panel
+    has labelled artists, its legend."""
     ax.set_title(f"{attribution.replace('_', ' ')}, {'l2' if norm == '2' else 'l-inf'}",
                  fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
 
 
 def plot_deviation_vs_eps(rows: list[dict[str, Any]], path: Path) -> str:
@@ -80,11 +87,7 @@ def plot_deviation_vs_eps(rows: list[dict[str, Any]], path: Path) -> str:
                             color=COLOURS.get(name), label=f"{label} ({suffix})")
             if positive and ax.has_data():
                 ax.set_yscale("log")
-            _title(ax, a, p)
-            ax.set_xlabel("eps")
-            ax.set_ylabel("||A(x') - A(x)||_2")
-            if i == 0 and j == 0 and ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6)
+            _label(ax, a, p, "eps", "||A(x') - A(x)||_2", legend=i == 0 and j == 0)
     return save(fig, path)
 
 
@@ -113,11 +116,7 @@ def plot_bound_vs_attack(rows: list[dict[str, Any]], path: Path) -> str:
                 ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
                 ax.set_xscale("log")
                 ax.set_yscale("log")
-            _title(ax, a, p)
-            ax.set_xlabel("bound U")
-            ax.set_ylabel("best attack L")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6)
+            _label(ax, a, p, "bound U", "best attack L")
     return save(fig, path)
 
 
@@ -139,11 +138,7 @@ def plot_tightness(rows: list[dict[str, Any]], path: Path) -> str:
                     ax.hist(vals, bins=30, range=(0, top), alpha=0.5, color=COLOURS.get(m),
                             label=m)
             ax.axvline(1.0, color="k", lw=0.8, ls="--")
-            _title(ax, a, p)
-            ax.set_xlabel("tightness L / U")
-            ax.set_ylabel("inputs")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6)
+            _label(ax, a, p, "tightness L / U", "inputs")
     return save(fig, path)
 
 
@@ -172,9 +167,5 @@ def plot_smoothed_cosine(rows: list[dict[str, Any]], path: Path) -> str | None:
                 ax.plot(eps, med, "-", marker="o", ms=3, label=f"sigma {sigma:g}")
             ax.set_xscale("log")
             ax.set_ylim(-1.05, 1.05)
-            _title(ax, a, p)
-            ax.set_xlabel("eps")
-            ax.set_ylabel("certified cos(h(x), h(x'))")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6)
+            _label(ax, a, p, "eps", "certified cos(h(x), h(x'))")
     return save(fig, path)
