@@ -192,7 +192,10 @@ def test_inf_to_two_brackets_the_exact_maximum(rank):
     assert (r.upper >= exact * (1 - 1e-10)).all(), (r.upper, exact)
     assert (r.upper <= math.sqrt(d) * sigma * (1 + 1e-8)).all()
     assert (r.lower <= exact * (1 + 1e-10)).all()
-    assert torch.allclose(r.upper_v0, math.sqrt(d) * sigma, rtol=1e-8)
+    # the v = 0 bound sqrt(d) sigma_max is certified from the 12-step sketch (d = 14: not yet
+    # the whole space), so it is never below the exact value and close above it
+    v0 = math.sqrt(d) * sigma
+    assert (r.upper_v0 >= v0 * (1 - 1e-12)).all() and (r.upper_v0 <= v0 * 1.01).all()
     s = r.sign
     assert set(s.unique().tolist()) <= {-1.0, 1.0}
     assert torch.allclose(r.lower, torch.einsum("bij,bj->bi", j, s).norm(dim=1))
@@ -357,8 +360,8 @@ def test_inf_to_two_refinement_brackets_and_its_gate_is_exact_when_off():
     s = forced.sign
     assert set(s.unique().tolist()) <= {-1.0, 1.0} and (s[:, 0] == 1).all()
     assert torch.allclose(forced.lower, torch.einsum("bij,bj->bi", j, s).norm(dim=1))
-    assert (forced.products > off.products + 4 * 13).all()  # probe, refinement, signs
-    # (b) the gate shut (no probe) is the refinement switched off, bit for bit
+    assert (forced.products > off.products + 4 * 8).all()  # dropped run, refinement, signs
+    # (b) the gate shut is the refinement switched off, bit for bit
     never = inf_to_two(op, _start(b, d), refine_above=math.inf, **kw)
     for name in ("upper", "ritz", "lower", "upper_v0", "sign", "weights", "shift",
                  "iterations", "converged", "products", "refined"):

@@ -120,15 +120,18 @@ def bound(
             :func:`attrbound.linalg.certified_gap`).
         max_iter: most Lanczos steps per certifying run (default 100).
         dual_steps, inner_iter, sign_steps: l-inf only: Burer-Monteiro steps on the
-            surrogate that chooses the weights (default 50; 0: w = 1, the sqrt(n) sigma_max
-            bound), Lanczos steps of the sketch that builds the surrogate (default 20), most
-            sign-iteration steps (default 50); :func:`attrbound.linalg.inf_to_two`.
-        refine_steps, refine_above: l-inf only: where a 4-step probe of the weighted bound
-            exceeds ``refine_above`` (default 1.05) times the sign-iteration value, the
-            weights are refined by ``refine_steps`` (default 13; 0: never) rank-4
-            Burer-Monteiro steps on J^T J itself (4 products each): the surrogate misses the
-            slowly decaying spectrum of integrated gradients' J^T J (median upper / lower
-            1.39 without, 1.05 with, on the MNIST CNN at eps 0.05).
+            surrogate that chooses the weights (default 25; 0: w = 1, the sqrt(n) sigma_max
+            bound), Lanczos steps of the sketch that builds the surrogate (default 12), most
+            sign-iteration steps (default 50); :func:`attrbound.linalg.inf_to_two`. The
+            defaults spend about as many products as a 50-step attack on saliency
+            (benchmarks/RESULTS.md); more steps tighten the weights by a percent or two.
+        refine_steps, refine_above: l-inf only: where the weighted bound's Ritz value after 4
+            steps of its certifying run exceeds ``refine_above`` (default 1.05) times the
+            sign-iteration value, that run is dropped and the weights are refined by
+            ``refine_steps`` (default 8; 0: never) rank-4 Burer-Monteiro steps on J^T J
+            itself (4 products each, in one batch), then certified by a fresh run: the
+            surrogate misses the slowly decaying spectrum of integrated gradients' J^T J
+            (median upper / lower 1.39 without, 1.07 with, on the MNIST CNN at eps 0.05).
         seed: seed of the CPU generators (default 0): the start vectors of the solves at x
             draw from one seeded with ``seed`` (taylor's and region's agree), region's random
             points, restarts and further start vectors from one seeded with seed + 0x5EED.

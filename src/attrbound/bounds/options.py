@@ -55,10 +55,10 @@ class Option:
 SOLVER_SPECS: dict[str, Option] = {
     "tol": Option(None, positive=True),
     "max_iter": Option(100, minimum=1),
-    "dual_steps": Option(50, minimum=0),
-    "inner_iter": Option(20, minimum=1),
+    "dual_steps": Option(25, minimum=0),
+    "inner_iter": Option(12, minimum=1),
     "sign_steps": Option(50, minimum=0),
-    "refine_steps": Option(13, minimum=0),
+    "refine_steps": Option(8, minimum=0),
     "refine_above": Option(1.05, positive=True),
     "delta": Option(1e-3, probability=True),
     "seed": Option(0),

@@ -97,8 +97,10 @@ def solve(
     solved: JacobianOperator | BoxOperator = op if box is None else BoxOperator(op, *box)
     start = random_start((z.shape[0], solved.n), z, gen)
     fresh = random_start((z.shape[0], solved.n), z, gen)  # the certifying run's own start
+    again = random_start((z.shape[0], solved.n), z, gen)  # a refined example's second run's
     d = inf_to_two(
-        solved, start, certify_start=fresh, tol=opts["tol"], max_iter=opts["max_iter"],
+        solved, start, certify_start=fresh, refine_start=again, tol=opts["tol"],
+        max_iter=opts["max_iter"],
         dual_steps=opts["dual_steps"], inner_iter=opts["inner_iter"],
         sign_steps=opts["sign_steps"], delta=opts["delta"],
         refine_steps=opts["refine_steps"], refine_above=opts["refine_above"],

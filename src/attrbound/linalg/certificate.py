@@ -102,25 +102,31 @@ def exceeds(alphas: Tensor, betas: Tensor, count: Tensor, t: Tensor, target: flo
 
 def upper_end(
     alphas: Tensor, betas: Tensor, count: Tensor, theta: Tensor, scale: Tensor, target: float,
-    *, sign: float = 1.0, sections: int = 32, rounds: int = 3,
+    *, sign: float = 1.0, sections: int = 32, rounds: int = 3, known: Tensor | None = None,
 ) -> Tensor:
     """xi = the t beyond theta (sign = +1: above the top Ritz value; -1: below the bottom one)
     where C(t) reaches ``target`` = 1 / eta^2, from above: returns a t with C(t) >= target,
-    within 2 * 32^-3 (6e-5) of its distance from theta of the root.
+    beyond the root by at most 32^-3 (3e-5) of the first bracket's width.
 
-    theta, scale: float64 [B] (scale > 0 sets the first step, e.g. |theta|). The bracket grows
-    by doubling until C >= target, then shrinks by ``rounds`` multisections of ``sections``
-    points (C is monotone beyond theta, module docstring). Returns [B].
+    theta, scale: float64 [B] (scale > 0 sets the first step, e.g. |theta|). known: optional
+    float64 [B], a distance from theta already found to satisfy C >= target (NaN where none
+    is known; a certifying run knows its stopping point). The bracket grows by factors of 8
+    from 1e-6 scale (or starts at ``known``) until C >= target, then shrinks by ``rounds``
+    multisections of ``sections`` points (C is monotone beyond theta, module docstring).
+    Returns [B].
     """
     scale = scale.clamp_min(torch.finfo(torch.float64).tiny)
     gap = 1e-6 * scale
-    hi_ok = torch.zeros_like(theta, dtype=torch.bool)
-    for _ in range(200):
+    if known is not None:
+        gap = torch.where(torch.isfinite(known) & (known > 0), known, gap)
+    lo = torch.zeros_like(gap)  # the last distance found short of the target (or 0)
+    for _ in range(80):
         hi_ok = exceeds(alphas, betas, count, theta + sign * gap, target)
         if bool(hi_ok.all()):
             break
-        gap = torch.where(hi_ok, gap, 2 * gap)
-    lo, hi = torch.zeros_like(gap), gap  # distances from theta; C(theta + sign hi) >= target
+        lo = torch.where(hi_ok, lo, gap)
+        gap = torch.where(hi_ok, gap, 8 * gap)
+    hi = gap  # distances from theta; C(theta + sign hi) >= target
     frac = torch.linspace(0, 1, sections + 1, dtype=torch.float64, device=theta.device)[1:]
     for _ in range(rounds):
         dist = lo[:, None] + (hi - lo)[:, None] * frac[None, :]  # [B, G]

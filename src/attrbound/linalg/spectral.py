@@ -100,6 +100,8 @@ class Eigen:
     - ``certified``: only with ``delta``: an upper bound on lambda_max (``which="largest"``)
       or on max |lambda| (``"magnitude"``) valid with probability >= 1 - delta over the
       start vector (:mod:`attrbound.linalg.certificate`); None otherwise.
+    - ``abandoned``: only with ``gate``: bool, the examples the gate stopped (their other
+      fields describe the run up to then; nothing of theirs is certified).
     """
 
     value: Tensor
@@ -109,6 +111,7 @@ class Eigen:
     iterations: Tensor
     converged: Tensor
     certified: Tensor | None = None
+    abandoned: Tensor | None = None
 
     @property
     def upper(self) -> Tensor:
@@ -126,6 +129,7 @@ def lanczos(
     scale: Tensor | float | None = None,
     restrict: Callable[[Tensor], MatVec] | None = None,
     delta: float | None = None,
+    gate: tuple[int, Callable[[Tensor, Tensor], Tensor]] | None = None,
 ) -> Eigen:
     """Extreme eigenpair of a symmetric operator K, batched: Lanczos with full re-orthogonalisation.
 
@@ -160,6 +164,11 @@ def lanczos(
             upper bound on lambda_max, or on max |lambda|). ``value`` is then the Ritz value
             of T_k, ``residual`` the Lanczos estimate beta_k |s_k| and ``product`` None (no
             extra product).
+        gate: None (default) or (steps, decide): each example is shown to
+            ``decide(theta [b], rows [b]) -> bool [b]`` once, after ``steps`` steps or when it
+            stops earlier (theta its top Ritz value, rows its indices in the batch); the
+            examples decided True stop there, ``abandoned``. The caller spends no products on
+            a probe: the first steps of the run are the probe, and the others run on.
 
     Returns:
         :class:`Eigen`. The tridiagonal eigenproblems are solved in float64.
@@ -198,6 +207,8 @@ def lanczos(
     values = torch.zeros(b, dtype=torch.float64, device=dev)
     residuals = torch.zeros(b, dtype=torch.float64, device=dev)
     target = 0.0
+    abandoned = torch.zeros(b, dtype=torch.bool, device=dev)
+    shown = torch.zeros(b, dtype=torch.bool, device=dev)  # rows the gate has decided on
     if delta is not None:
         target = 1.0 / certificate.eta(delta / (2 if which == "magnitude" else 1), n) ** 2
         allowance = certificate.margin(start.dtype)
@@ -240,9 +251,22 @@ def lanczos(
                 edge = size * (1 + tol)
                 ok = certificate.exceeds(a_k, b_k, count, edge, target)
                 ok &= certificate.exceeds(a_k, b_k, count, -edge, target)
+                known_top, known_bottom = edge - top, bottom + edge
             else:
                 ok = certificate.exceeds(a_k, b_k, count, top + tol * size, target)
+                known_top = tol * size
+            nan = torch.full_like(size, math.nan)
         stop = ~done & (ok | invariant | torch.tensor(k == steps - 1, device=dev))
+        if gate is not None:  # examples at the gate's step, or stopping before it
+            ask = ~done & ~shown[live] & (stop | torch.tensor(k + 1 >= gate[0], device=dev))
+            if bool(ask.any()):
+                quit_ = torch.zeros_like(ask)
+                quit_[ask] = gate[1](theta[ask], live[ask]).to(torch.bool)
+                shown[live[ask]] = True
+                abandoned[live[quit_]] = True
+                stop = stop | quit_
+                ok = ok & ~quit_
+                invariant = invariant & ~quit_
         if stop.any():
             idx = live[stop]
             vectors[idx] = torch.einsum("bk,kbn->bn", s[stop].to(q.dtype), stack[:, stop])
@@ -251,10 +275,13 @@ def lanczos(
             values[idx], residuals[idx] = theta[stop], estimate[stop]
             if delta is not None:
                 a_s, b_s, c_s = a_k[stop], b_k[stop], count[stop]
-                xi = certificate.upper_end(a_s, b_s, c_s, top[stop], size[stop], target)
+                # where the run stopped on ok, that distance is known to reach the target
+                xi = certificate.upper_end(a_s, b_s, c_s, top[stop], size[stop], target,
+                                           known=torch.where(ok, known_top, nan)[stop])
                 if which == "magnitude":
-                    low = certificate.upper_end(a_s, b_s, c_s, bottom[stop], size[stop],
-                                                target, sign=-1.0)
+                    low = certificate.upper_end(
+                        a_s, b_s, c_s, bottom[stop], size[stop], target, sign=-1.0,
+                        known=torch.where(ok, known_bottom, nan)[stop])
                     xi = torch.maximum(xi.abs(), low.abs())
                 certified[idx] = xi + allowance * torch.maximum(xi.abs(), size[stop])
             done |= stop
@@ -281,7 +308,7 @@ def lanczos(
     if delta is not None:
         dt = start.dtype
         return Eigen(values.to(dt), u, residuals.to(dt), None, iterations, converged,
-                     round_up(certified, dt))
+                     round_up(certified, dt), abandoned if gate is not None else None)
     ku = matvec(u)
     value = _dot(u, ku)
     residual = (ku - value[:, None] * u).norm(dim=1)
@@ -384,7 +411,8 @@ def _signs(v: Tensor, fallback: Tensor | None = None) -> Tensor:
 
 
 def sign_iteration(
-    gram: MatVec, start: Tensor, *, max_steps: int = 50
+    gram: MatVec, start: Tensor, *, max_steps: int = 50,
+    restrict: Callable[[Tensor], MatVec] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Feasible lower value of ||J||_{inf->2} = max_{s in {-1,1}^n} sqrt(s^T M s), M = J^T J.
 
@@ -394,27 +422,38 @@ def sign_iteration(
     improve is rejected and the example stops (also when s is a fixed point). Each step costs
     one product with M.
 
+    ``restrict`` (optional, as in :func:`lanczos`): rows -> the product of those examples
+    only; once some examples stopped, the others run on their own (most stop after a few
+    steps, and a step of the whole batch costs as much as its slowest example's).
+
     Returns (s [B, n] with entries +-1, value [B] = sqrt(s^T M s) = ||J s||_2, steps [B]).
     """
     s = _signs(start)
     ms = gram(s)
     val = _dot(s, ms)
-    active = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
-    steps = torch.zeros(s.shape[0], dtype=torch.long, device=s.device)
+    b = s.shape[0]
+    active = torch.ones(b, dtype=torch.bool, device=s.device)
+    steps = torch.zeros(b, dtype=torch.long, device=s.device)
+    cur, apply = torch.arange(b, device=s.device), gram  # the rows ``apply`` computes
     for _ in range(int(max_steps)):
         new = _signs(ms, s)
         active = active & (new != s).any(dim=1)
         if not bool(active.any()):
             break
-        new = torch.where(active[:, None], new, s)
-        ms_new = gram(new)
-        val_new = _dot(new, ms_new)
-        better = active & (val_new > val)
-        s = torch.where(better[:, None], new, s)
-        ms = torch.where(better[:, None], ms_new, ms)
-        val = torch.where(better, val_new, val)
-        steps = steps + active.long()
-        active = better
+        if restrict is not None and int(active.sum()) < cur.shape[0]:
+            cur = active.nonzero().flatten()
+            apply = restrict(cur)
+        on = active[cur]
+        trial = torch.where(on[:, None], new[cur], s[cur])
+        ms_new = apply(trial)
+        val_new = _dot(trial, ms_new)
+        better = on & (val_new > val[cur])
+        s[cur] = torch.where(better[:, None], trial, s[cur])
+        ms[cur] = torch.where(better[:, None], ms_new, ms[cur])
+        val[cur] = torch.where(better, val_new, val[cur])
+        steps[cur] += on.long()
+        active = torch.zeros_like(active)
+        active[cur] = better
     return s, val.clamp_min(0).sqrt(), steps
 
 

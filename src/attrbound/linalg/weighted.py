@@ -20,26 +20,30 @@ dual-feasible, diag(v) >= M.) Any w is valid, so w is chosen from few products:
 4. lower value: the best of random-hyperplane roundings sign(V g) and sign(top Ritz vector),
    ranked on M^, then the sign iteration on M (a feasible s, ||J s|| <= ||J||_{inf->2});
    s is returned with s_0 = +1 (||J s|| = ||J (-s)||);
-4b. gate (non-certifying): ``probe_steps`` Lanczos steps on B_w (w from step 3) from a
-   random start of the local generator give a Ritz value theta <= lambda_max(B_w), so
-   est = sqrt(sum w * theta) estimates the weighted bound from below; only the examples with
-   est > ``refine_above`` * lower value go on to step 4c (the others keep steps 3-4 exactly);
+4b. gate: the certificate's run of step 5 at w (from step 3) doubles as the probe: after
+   ``probe_steps`` steps (or when it stops earlier) its Ritz value theta <= lambda_max(B_w)
+   gives est = sqrt(sum w * theta), an estimate of the weighted bound from below; the
+   examples with est > ``refine_above`` * lower value abandon that run and go on to step 4c,
+   the others run on to their certificate (so the gate costs them no product);
 4c. refinement on M itself (``refine_steps`` > 0), on the gated examples' operator only:
    from V's top ``refine_rank`` principal directions (row-normalised), ``refine_steps``
    Burer-Monteiro steps on M with momentum 1/2, Y = rownormalise(V + (V - V_prev) / 2),
-   V <- rownormalise(M Y) (``refine_rank`` products each); then w_i = ||(M Y)_i||. M^ misses
-   M's slowly decaying tail (integrated gradients: M is far from low rank), and its
-   isotropic tau puts weight on the wrong coordinates. The roundings of step 4 are redone
-   with sign(Y g) and sign(M Y g) as further candidates, then the sign iteration; the better
-   of the two lower values is kept;
+   V <- rownormalise(M Y) (``refine_rank`` products each, in one batch); then
+   w_i = ||(M Y)_i||. M^ misses M's slowly decaying tail (integrated gradients: M is far
+   from low rank), and its isotropic tau puts weight on the wrong coordinates. The roundings
+   of step 4 are redone with sign(Y g) and sign(M Y g) as further candidates, then the sign
+   iteration; the better of the two lower values is kept; a second fresh run
+   (``refine_start``) then certifies the new w as in step 5;
 5. certificate: a FRESH random-start Lanczos run on B_w (never warm-started; it must be
-   independent of ``start`` and of the local generator (BM, roundings, probe), from which w
-   was chosen) to the Christoffel bound with delta / 2
-   (:mod:`attrbound.linalg.certificate`), stopped once within ``tol`` of its Ritz value.
+   independent of ``start`` and of the local generator (BM, roundings), from which w was
+   chosen; a refined example's run is independent of its new w in the same way, the
+   abandoned run only chose to refine) to the Christoffel bound with delta / 2
+   (:mod:`attrbound.linalg.certificate`; it holds at every step of the run, so a stop chosen
+   from the run is allowed), stopped once within ``tol`` of its Ritz value.
 
 upper = min(sqrt(sum w * xi_w), sqrt(n * xi_M)): both hold together with probability
->= 1 - delta (union bound over the two certifying runs; the probe certifies nothing), for
-every J, over attrbound's random starts.
+>= 1 - delta (union bound over the sketch and the one run whose value is used; an abandoned
+run's value is discarded), for every J, over attrbound's random starts.
 """
 
 from __future__ import annotations
@@ -170,21 +174,41 @@ def burer_monteiro(m: Surrogate, rank: int, steps: int, gen: torch.Generator) ->
     return v
 
 
-def refine(gram: MatVec, v: Tensor, rank: int, steps: int, dtype: torch.dtype
+def refine(block: Callable[[Tensor], Tensor], v: Tensor, rank: int, steps: int
            ) -> tuple[Tensor, Tensor]:
     """``steps`` >= 1 Burer-Monteiro steps on the real M (module docstring, step 4c) from V's
-    top ``rank`` principal directions, with momentum 1/2. Returns (Y [B, n, rank'], the last
-    point multiplied, and M Y, float64), rank' = min(rank, r, n); costs rank' * steps
-    products."""
+    top ``rank`` principal directions, with momentum 1/2. ``block`` applies M to every column
+    of Y [B, n, r'] (float64 in and out; :func:`_block_gram`), r' = min(rank, r, n). Returns
+    (Y [B, n, r'], the last point multiplied, and M Y, float64); costs r' * steps products."""
     u, sv, _ = torch.linalg.svd(v, full_matrices=False)  # u [B, n, min(n, r)]
     r = max(1, min(int(rank), u.shape[2]))
     cur = _rownormalise(u[:, :, :r] * sv[:, None, :r])
     prev = cur
     for _ in range(max(1, int(steps))):
         y = _rownormalise(cur + 0.5 * (cur - prev))
-        my = torch.stack([gram(y[:, :, j].to(dtype)).double() for j in range(r)], dim=2)
+        my = block(y)
         prev, cur = cur, _rownormalise(my)
     return y, my
+
+
+def _block_gram(op: LinearOperator, rows: Tensor, b: int, r: int, dtype: torch.dtype
+                ) -> Callable[[Tensor], Tensor]:
+    """Y [len(rows), n, r] (float64) -> M Y of the examples ``rows``: one product of an
+    operator that holds each of those examples r times when op can be restricted (one batch
+    of r * len(rows) vectors costs less than r batches of len(rows): a product's fixed cost
+    is paid once), else r products of :func:`_rows_gram`."""
+    if hasattr(op, "restrict"):
+        rep = op.restrict(rows.repeat_interleave(r))  # type: ignore[attr-defined]
+
+        def apply(y: Tensor) -> Tensor:
+            k, n, rr = y.shape
+            flat = y.to(dtype).transpose(1, 2).reshape(k * rr, n)
+            return rep.gram(flat).double().reshape(k, rr, n).transpose(1, 2)
+
+        return apply
+    gram = _rows_gram(op, rows, b)
+    return lambda y: torch.stack([gram(y[:, :, j].to(dtype)).double()
+                                  for j in range(y.shape[2])], dim=2)
 
 
 def top_ritz_vector(s: Sketch) -> Tensor:
@@ -225,8 +249,9 @@ class InfToTwo:
     - ``upper_v0``: sqrt(n * xi_M), the certified v = 0 bound sqrt(n) sigma_max.
     - ``weights``: w [B, n]; ``shift``: the equivalent additive dual v = xi_w w [B, n]
       (diag(v) >= M on the certificate's event).
-    - ``iterations`` / ``converged``: of the certifying run; ``products``: products with M
-      in all (sketch, sign iterations, probe, refinement, certificate); ``refined``: bool,
+    - ``iterations`` / ``converged``: of the certifying run whose value is used;
+      ``products``: products with M in all (sketch, sign iterations, the abandoned run's
+      steps, refinement, certificates); ``refined``: bool,
       whether the example passed the gate and was refined (module docstring, 4b-4c).
     """
 
@@ -260,6 +285,23 @@ def _rows_gram(op: LinearOperator, rows: Tensor, b: int) -> MatVec:
     return gram
 
 
+class _RowsOperator:
+    """The examples ``rows`` of an operator that cannot restrict itself (only ``gram``)."""
+
+    def __init__(self, op: LinearOperator, rows: Tensor, b: int) -> None:
+        self.gram = _rows_gram(op, rows, b)
+
+
+def _rows_operator(op: LinearOperator, rows: Tensor, b: int) -> LinearOperator:
+    """op itself when rows is the whole batch, else op.restrict(rows), else a
+    :class:`_RowsOperator`."""
+    if rows.numel() == b:
+        return op
+    if hasattr(op, "restrict"):
+        return op.restrict(rows)  # type: ignore[attr-defined,no-any-return]
+    return _RowsOperator(op, rows, b)  # type: ignore[return-value]
+
+
 def _weighted_restrict(op: LinearOperator, scale: Tensor
                        ) -> Callable[[Tensor], MatVec] | None:
     base = _restricted(op, "gram")
@@ -276,6 +318,7 @@ def _weighted_restrict(op: LinearOperator, scale: Tensor
 def weighted_bound(
     op: LinearOperator, w: Tensor, start: Tensor, *, tol: float | None = None,
     max_iter: int = 100, delta: float = 1e-3,
+    gate: tuple[int, Callable[[Tensor, Tensor], Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor, Eigen]:
     """sqrt(sum_i w_i * lambda_max(W^{-1/2} M W^{-1/2})) for weights w > 0 [B, n], certified.
 
@@ -294,7 +337,7 @@ def weighted_bound(
         return scale * op.gram(scale * q)
 
     e = lanczos(bw, start, which="largest", tol=(1 + tol) ** 2 - 1, max_iter=max_iter,
-                restrict=_weighted_restrict(op, scale), delta=delta)
+                restrict=_weighted_restrict(op, scale), delta=delta, gate=gate)
     wsum = w.double().sum(dim=1)
     upper = round_up((wsum * e.certified.double()).clamp_min(0).sqrt() * (1 + 1e-15), dt)
     ritz = (wsum * e.value.double().clamp_min(0)).sqrt().to(dt)
@@ -306,16 +349,17 @@ def inf_to_two(
     start: Tensor,
     *,
     certify_start: Tensor | None = None,
+    refine_start: Tensor | None = None,
     tol: float | None = None,
     max_iter: int = 100,
-    dual_steps: int = 50,
-    inner_iter: int = 20,
+    dual_steps: int = 25,
+    inner_iter: int = 12,
     sign_steps: int = 50,
     delta: float = 1e-3,
     rank: int = 25,
     rounds: int = 16,
     refine_rank: int = 4,
-    refine_steps: int = 13,
+    refine_steps: int = 8,
     refine_above: float = 1.05,
     probe_steps: int = 4,
 ) -> InfToTwo:
@@ -326,20 +370,22 @@ def inf_to_two(
             of the sketch (:func:`random_start`).
         certify_start: [B, n] uniform random start of the certifying run, drawn independently
             of ``start`` (default: drawn from a generator seeded 0x5EED + 1).
+        refine_start: [B, n] the same for the refined examples' second run, drawn
+            independently of both (default: from a generator seeded 0x5EED + 2).
         tol: relative gap of the certified norm to its Ritz value at which the certifying run
             stops (default :func:`certified_gap`); max_iter: its most steps (default 100).
-        dual_steps: Burer-Monteiro iterations on the surrogate (default 50; 0: w = 1, the
+        dual_steps: Burer-Monteiro iterations on the surrogate (default 25; 0: w = 1, the
             v = 0 bound sqrt(n) sigma_max). inner_iter: Lanczos steps of the sketch
-            (default 20). sign_steps: most sign-iteration steps (default 50).
+            (default 12). sign_steps: most sign-iteration steps (default 50).
         delta: failure probability of ``upper`` (default 1e-3; delta / 2 per run).
         rank, rounds: Burer-Monteiro rank (default 25) and roundings sign(V g) (default 16).
-        refine_rank, refine_steps: rank (default 4) and steps (default 13; 0: off, w from M^
-            alone, no probe) of the Burer-Monteiro refinement on M (step 4c), refine_rank *
+        refine_rank, refine_steps: rank (default 4) and steps (default 8; 0: off, w from M^
+            alone, no gate) of the Burer-Monteiro refinement on M (step 4c), refine_rank *
             refine_steps products for each refined example.
         refine_above, probe_steps: the gate (step 4b): an example is refined when
             sqrt(sum w * theta) > refine_above * lower (default 1.05; 0: every example,
-            inf: none and no probe), theta the Ritz value of ``probe_steps`` (default 4)
-            non-certifying Lanczos steps on B_w (probe_steps + 1 products, or fewer).
+            inf: none), theta the Ritz value after ``probe_steps`` (default 4) steps of the
+            certifying run on B_w (a refined example's run is abandoned there).
 
     Returns:
         :class:`InfToTwo` (values of the inf -> 2 norm itself, i.e. square roots).
@@ -364,36 +410,49 @@ def inf_to_two(
     else:
         w = torch.ones(b, n, dtype=torch.float64, device=start.device)
         best = ritz_vec
-    s, low, st = sign_iteration(op.gram, best, max_steps=sign_steps)
+    s, low, st = sign_iteration(op.gram, best, max_steps=sign_steps,
+                                restrict=_restricted(op, "gram"))
     products = products + st + 1
-    refined = torch.zeros(b, dtype=torch.bool, device=start.device)
-    if dual_steps > 0 and refine_steps > 0 and not math.isinf(refine_above):
-        # gate (step 4b): a lower estimate of the weighted bound at w, NOT certifying; its
-        # start comes from the local generator, never from start or certify_start
-        scale = w.rsqrt().to(dt)
-        probe = lanczos(lambda q: scale * op.gram(scale * q), random_start((b, n), start, gen),
-                        which="largest", max_iter=probe_steps)
-        products = products + probe.iterations + 1
-        est = (w.sum(dim=1) * probe.value.double().clamp_min(0)).sqrt()
-        refined = est > refine_above * low.double()
-        rows = refined.nonzero().flatten()
-        if rows.numel() > 0:  # step 4c on those examples' operator only
-            gram = _rows_gram(op, rows, b)
-            y, my = refine(gram, v[rows], refine_rank, refine_steps, dt)
-            products[rows] += y.shape[2] * max(1, int(refine_steps))
-            w_r = my.norm(dim=2)
-            w[rows] = torch.maximum(w_r, 1e-6 * w_r.mean(dim=1, keepdim=True)).clamp_min(1e-300)
-            sur_r = Surrogate(sur.q[rows], sur.g[rows], sur.tau[rows])
-            best_r = best_rounding(sur_r, v[rows], ritz_vec[rows], rounds, gen, (y, my))
-            s_r, low_r, st_r = sign_iteration(gram, best_r, max_steps=sign_steps)
-            products[rows] += st_r + 1
-            better = low_r > low[rows]
-            s[rows] = torch.where(better[:, None], s_r, s[rows])
-            low[rows] = torch.where(better, low_r, low[rows])
-    s = s * s[:, :1]  # ||J s|| = ||J (-s)||: s_0 = +1 (BoxOperator: direction(s) is a vertex)
+    gated = dual_steps > 0 and refine_steps > 0 and not math.isinf(refine_above)
+    wsum = w.sum(dim=1)
+
+    def decide(theta: Tensor, rows: Tensor) -> Tensor:
+        """Gate (step 4b): refine where the weighted bound's Ritz estimate at w exceeds
+        refine_above times the lower value."""
+        est = (wsum[rows] * theta.clamp_min(0)).sqrt()
+        return est > refine_above * low[rows].double()
+
     up_w, ritz, e = weighted_bound(op, w, certify_start, tol=tol, max_iter=max_iter,
-                                   delta=delta / 2)
+                                   delta=delta / 2, gate=(probe_steps, decide) if gated else None)
     products = products + e.iterations
+    refined = torch.zeros(b, dtype=torch.bool, device=start.device) if e.abandoned is None \
+        else e.abandoned
+    rows = refined.nonzero().flatten()
+    if rows.numel() > 0:  # step 4c on those examples' operator only, then their own run
+        sub = _rows_operator(op, rows, b)
+        r = max(1, min(int(refine_rank), v.shape[2], n))
+        y, my = refine(_block_gram(op, rows, b, r, dt), v[rows], r, refine_steps)
+        products[rows] += y.shape[2] * max(1, int(refine_steps))
+        w_r = my.norm(dim=2)
+        w[rows] = torch.maximum(w_r, 1e-6 * w_r.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+        sur_r = Surrogate(sur.q[rows], sur.g[rows], sur.tau[rows])
+        best_r = best_rounding(sur_r, v[rows], ritz_vec[rows], rounds, gen, (y, my))
+        s_r, low_r, st_r = sign_iteration(sub.gram, best_r, max_steps=sign_steps,
+                                          restrict=_restricted(sub, "gram"))
+        products[rows] += st_r + 1
+        better = low_r > low[rows]
+        s[rows] = torch.where(better[:, None], s_r, s[rows])
+        low[rows] = torch.where(better, low_r, low[rows])
+        if refine_start is None:
+            refine_start = random_start((b, n), start,
+                                        torch.Generator().manual_seed(0x5EED + 2))
+        up_r, ritz_r, e_r = weighted_bound(sub, w[rows], refine_start[rows], tol=tol,
+                                           max_iter=max_iter, delta=delta / 2)
+        products[rows] += e_r.iterations
+        up_w[rows], ritz[rows] = up_r, ritz_r
+        e.iterations[rows], e.converged[rows] = e_r.iterations, e_r.converged
+        e.certified[rows] = e_r.certified
+    s = s * s[:, :1]  # ||J s|| = ||J (-s)||: s_0 = +1 (BoxOperator: direction(s) is a vertex)
     upper = torch.minimum(up_w, v0)
     use_v0 = v0 < up_w
     return InfToTwo(
