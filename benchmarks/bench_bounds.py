@@ -153,7 +153,8 @@ def section_svd(ms, lines: list[str], ref_counts: dict[tuple[int, str], int]) ->
     lines.append("")
 
 
-#: the demo's cheap l-inf dual budget (attrbound demo): a row of its own in section 2
+#: a cheap l-inf budget (the demo's until the defaults became cheaper): its own row in
+#: section 2
 BUDGET = {"dual_steps": 2, "inner_iter": 5, "sign_steps": 10}
 
 
@@ -189,8 +190,9 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
         "delta = 1e-3; domain (0, 1), so "
         f"l-inf is over the clipped box). Median of {repeats} interleaved runs after a "
         "warm-up (l-inf integrated gradients: one run). Time ratio < 1: the bound is faster "
-        "than the attack. The last row of each attribution is taylor l-inf with the demo's "
-        f"cheap budget ({', '.join(f'{k}={v}' for k, v in BUDGET.items())}).",
+        "than the attack. The last row of each attribution is taylor l-inf with a cheap "
+        "budget, the demo's until the defaults became cheaper "
+        f"({', '.join(f'{k}={v}' for k, v in BUDGET.items())}).",
         "",
         "| attribution | inputs | norm | eps | PGD-50 apgd s | PGD-50 fixed s | taylor s "
         "| taylor / PGD apgd | taylor / PGD fixed | region s | region / PGD apgd "
