@@ -30,7 +30,7 @@ from attrbound.interval import attribution_intervals, interval_bound
 from attrbound.interval.rounding import units_for as _units_for
 from attrbound.results import cosine_from_euclidean
 
-ACTS = ("relu", "softplus", "elu", "tanh", "sigmoid")
+ACTS = ("relu", "leaky_relu", "softplus", "elu", "tanh", "sigmoid", "gelu")
 NAMES = ("saliency", "input_x_gradient", "integrated_gradients")
 
 
@@ -41,6 +41,10 @@ def _act(name: str, param: float) -> nn.Module:
         return nn.Softplus(beta=param)
     if name == "elu":
         return nn.ELU(alpha=param)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.1 * param)
+    if name == "gelu":
+        return nn.GELU()
     return nn.Tanh() if name == "tanh" else nn.Sigmoid()
 
 
@@ -387,8 +391,9 @@ def _tiny() -> nn.Sequential:
 
 @pytest.mark.parametrize("layer,name", [
     (nn.LayerNorm([2, 4, 4]), "LayerNorm"),
-    (nn.GELU(), "GELU"),
-    (nn.LeakyReLU(), "LeakyReLU"),
+    (nn.GELU(approximate="tanh"), "GELU"),
+    (nn.LeakyReLU(-0.1), "LeakyReLU"),
+    (nn.SiLU(), "SiLU"),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
 ])
 def test_unsupported_layer_is_named(layer, name):
@@ -529,7 +534,8 @@ def test_rounding_unit_follows_buffers_and_matmul_precision():
 # ----------------------------------------------------------------------------------------
 
 DAG_ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-            "softplus": lambda: nn.Softplus(beta=3.0), "elu": nn.ELU}
+            "softplus": lambda: nn.Softplus(beta=3.0), "elu": nn.ELU,
+            "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU}
 
 dag_specs = st.fixed_dictionaries({
     "act": st.sampled_from(sorted(DAG_ACTS)),
@@ -843,3 +849,79 @@ def test_result_says_its_guarantee_is_deterministic():
     res = interval_bound(model, x, eps=0.01, norm="inf")
     assert res.guarantee.startswith("deterministic") and res.delta is None
     assert all(r["guarantee"].startswith("deterministic") for r in res.to_rows())
+
+
+# ----------------------------------------------------------------------------------------
+# Each activation's own intervals, against torch on dense grids (no network around them)
+# ----------------------------------------------------------------------------------------
+
+ACT_MODULES = [nn.ReLU(), nn.LeakyReLU(0.1), nn.LeakyReLU(2.0), nn.Softplus(beta=3.0),
+               nn.ELU(), nn.ELU(alpha=2.0), nn.Tanh(), nn.Sigmoid(), nn.GELU()]
+
+
+def _act_intervals() -> tuple[torch.Tensor, torch.Tensor]:
+    """Intervals [lo, hi] [K]: random ones, and narrow ones around GELU's minimiser
+    (-0.7518), its slope's extremes (-+sqrt 2) and the kink at 0, where a range taken from the
+    end points alone misses the extreme value."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.cat([6 * torch.randn(200, generator=g, dtype=torch.float64),
+                   torch.tensor([-0.7518, -math.sqrt(2), math.sqrt(2), 0.0, -0.75, 1.41],
+                                dtype=torch.float64).repeat(20)])
+    w = torch.rand(c.shape, generator=g, dtype=torch.float64) * torch.where(
+        torch.arange(c.numel()) < 200, 4.0, 0.5)
+    return c - w, c + w
+
+
+@pytest.mark.parametrize("module", ACT_MODULES, ids=lambda m: repr(m))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_activation_intervals_contain_torch_values_and_derivatives(module, dtype):
+    """For q on a dense grid of each interval: torch's sigma(q) and its autograd derivative,
+    evaluated in ``dtype``, lie in ``range`` and ``deriv_range``, |sigma'| <= ``lipschitz``,
+    and the linear relaxation bounds sigma (float64) from both sides."""
+    from attrbound.interval.ops import lookup
+
+    op = lookup(module)(module, (1,), torch.device("cpu"), "act")
+    units = _units_for(nn.Sequential(module).to(dtype), torch.zeros(1, dtype=dtype), "float")
+    lo, hi = _act_intervals()
+    t = torch.linspace(0, 1, 401, dtype=torch.float64)
+    q64 = lo[:, None] + (hi - lo)[:, None] * t[None, :]  # [K, G], the ends included
+    q = q64.to(dtype).requires_grad_(True)
+    y = module(q)
+    (d,) = torch.autograd.grad(y.sum(), q)
+    q_used = q.detach().double()  # the grid as evaluated (rounded into dtype)
+    lo_u, hi_u = q_used.amin(dim=1), q_used.amax(dim=1)
+    rlo, rhi = op.range(lo_u, hi_u, units)
+    dlo, dhi = op.deriv_range(lo_u, hi_u, units)
+    val = y.detach().double()
+    assert (val >= rlo[:, None]).all() and (val <= rhi[:, None]).all()
+    assert (d.double() >= dlo[:, None]).all() and (d.double() <= dhi[:, None]).all()
+    assert (d.double().abs() <= op.lipschitz(lo_u, hi_u, units)[:, None]).all()
+    a_lo, b_lo, a_up, b_up = op.relax(lo_u, hi_u, units)
+    exact = module(q_used)
+    assert (a_lo[:, None] * q_used + b_lo[:, None] <= exact).all()
+    assert (exact <= a_up[:, None] * q_used + b_up[:, None]).all()
+
+
+class _FunctionalActs(nn.Module):
+    """A custom forward with the functional leaky_relu and gelu (traced by torch.fx)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc1 = nn.Linear(48, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.leaky_relu(self.conv(x), 0.2)
+        h = torch.nn.functional.gelu(self.fc1(h.flatten(1)))
+        return self.fc2(h)
+
+
+def test_functional_leaky_relu_and_gelu_graph_is_sound():
+    torch.manual_seed(4)
+    model = _FunctionalActs().double().eval()
+    x = _inputs(4)
+    for norm, eps in (("inf", 0.05), ("2", 0.2)):
+        for name in NAMES:
+            opts = {"steps": 3} if name == "integrated_gradients" else {}
+            _check_sound(model, x, eps, norm, name, "crown", 4, opts)

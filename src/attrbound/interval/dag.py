@@ -39,7 +39,8 @@ __all__ = ["SUPPORTED_NODES", "Dag", "Node", "network"]
 
 SUPPORTED_NODES = (
     "modules " + SUPPORTED_LAYERS.split(" (")[0] + ", MaxPool2d, AdaptiveAvgPool2d, Identity, "
-    "Dropout (eval); functions relu, tanh, sigmoid, softplus, elu, max_pool2d, avg_pool2d, "
+    "Dropout (eval); functions relu, leaky_relu, tanh, sigmoid, softplus, elu, gelu, "
+    "max_pool2d, avg_pool2d, "
     "adaptive_avg_pool2d, mean, add / + of two tensors, cat, flatten, view, reshape, "
     "contiguous, dropout (eval)"
 )
@@ -222,6 +223,10 @@ class Dag:
             return nn.Softplus(_arg(n, 1, "beta", 1.0), _arg(n, 2, "threshold", 20.0))
         if target is F.elu:
             return nn.ELU(_arg(n, 1, "alpha", 1.0))
+        if target is F.leaky_relu:
+            return nn.LeakyReLU(_arg(n, 1, "negative_slope", 0.01), _arg(n, 2, "inplace", False))
+        if target is F.gelu:
+            return nn.GELU(approximate=n.kwargs.get("approximate", "none"))
         if target in (F.max_pool2d, torch.max_pool2d):
             return nn.MaxPool2d(_arg(n, 1, "kernel_size", None), _arg(n, 2, "stride", None),
                                 _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1),

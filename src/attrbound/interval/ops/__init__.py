@@ -13,19 +13,29 @@ add it to SUPPORTED_LAYERS.
 
 from __future__ import annotations
 
-from attrbound.interval.ops.activations import ELU, ReLU, Sigmoid, Softplus, Tanh
+from attrbound.interval.ops.activations import (
+    ELU,
+    GELU,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softplus,
+    Tanh,
+)
 from attrbound.interval.ops.affine import BatchNorm, Conv2d, Linear
 from attrbound.interval.ops.base import REGISTRY, Activation, AffineOp, Builder, lookup, register
 from attrbound.interval.ops.pooling import AvgPool2d
 from attrbound.interval.ops.reshape import Flatten, Skip
 
 __all__ = [
-    "ELU", "REGISTRY", "SUPPORTED_LAYERS", "Activation", "AffineOp", "AvgPool2d", "BatchNorm",
+    "ELU", "GELU", "REGISTRY", "SUPPORTED_LAYERS", "Activation", "AffineOp", "AvgPool2d",
+    "BatchNorm", "LeakyReLU",
     "Builder", "Conv2d", "Flatten", "Linear", "ReLU", "Sigmoid", "Skip", "Softplus", "Tanh",
     "lookup", "register",
 ]
 
 SUPPORTED_LAYERS = (
-    "Linear, Conv2d, Flatten, AvgPool2d, BatchNorm1d, BatchNorm2d (eval), ReLU, Softplus, ELU, "
-    "Tanh, Sigmoid (Identity and eval-mode Dropout are skipped; nested nn.Sequential is allowed)"
+    "Linear, Conv2d, Flatten, AvgPool2d, BatchNorm1d, BatchNorm2d (eval), ReLU, LeakyReLU, "
+    "Softplus, ELU, Tanh, Sigmoid, GELU (Identity and eval-mode Dropout are skipped; nested "
+    "nn.Sequential is allowed)"
 )

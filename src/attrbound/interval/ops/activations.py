@@ -1,10 +1,13 @@
-"""Elementwise activations: ReLU, Softplus, ELU, Tanh, Sigmoid.
+"""Elementwise activations: ReLU, LeakyReLU, Softplus, ELU, Tanh, Sigmoid, GELU.
 
 Derivatives from each neuron's interval (docs/design.md section 4): ReLU {0}, {1} or [0, 1];
-softplus sigmoid(beta q) (monotone; 1 above torch's threshold); ELU 1 or alpha e^q; tanh
-1 - tanh^2 and sigmoid s (1 - s) (even, maximal at 0). Linear relaxations: ReLU the triangle;
-convex softplus / ELU (alpha <= 1) and S-shaped tanh / sigmoid by the base class
-(:meth:`attrbound.interval.ops.base.Activation.relax`).
+LeakyReLU {a}, {1} or their hull; softplus sigmoid(beta q) (monotone; 1 above torch's
+threshold); ELU 1 or alpha e^q; tanh 1 - tanh^2 and sigmoid s (1 - s) (even, maximal at 0);
+GELU Phi(q) + q phi(q) (increasing on [-sqrt 2, sqrt 2], decreasing outside). Linear
+relaxations: ReLU the triangle; convex LeakyReLU (a <= 1), softplus, ELU (alpha <= 1) and
+S-shaped tanh / sigmoid by the base class
+(:meth:`attrbound.interval.ops.base.Activation.relax`); GELU, which is not monotone, by its
+constant range.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from attrbound.errors import AttrboundError
 from attrbound.interval.ops.base import Activation, register
 from attrbound.interval.rounding import K_FUNC, Units, down, mag, outward, up
 
-__all__ = ["ELU", "ReLU", "Sigmoid", "Softplus", "Tanh"]
+__all__ = ["ELU", "GELU", "LeakyReLU", "ReLU", "Sigmoid", "Softplus", "Tanh"]
 
 
 @register(nn.ReLU)
@@ -55,6 +58,47 @@ class ReLU(Activation):
         b_up = torch.where(unstable, up(-slope * lo), zero)
         a_lo = torch.where(lo >= 0, one, torch.where(unstable & (hi > -lo), one, zero))
         return a_lo, zero, a_up, b_up
+
+
+@register(nn.LeakyReLU)
+class LeakyReLU(Activation):
+    """q for q > 0, a q below (a = negative_slope >= 0): increasing, convex for a <= 1 (no
+    curvature used for a > 1). torch's derivative at q = 0 is a; its a is a rounded to the
+    evaluation format (|fl(a) - a| <= u a), so the derivative intervals of the negative piece
+    are a (1 -/+ 2u), and the value's rounding is within the base class's K_FUNC u |value|."""
+
+    name = "LeakyReLU"
+
+    def __init__(self, m: nn.LeakyReLU) -> None:
+        self.a = float(m.negative_slope)
+        if not self.a >= 0:
+            raise AttrboundError("the interval method needs LeakyReLU negative_slope >= 0 (an "
+                                 f"increasing activation), got {self.a}.")
+        self.kind = "convex" if self.a <= 1 else "none"
+
+    @classmethod
+    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
+                    path: str) -> LeakyReLU:
+        assert isinstance(m, nn.LeakyReLU)
+        return cls(m)
+
+    def value(self, x: Tensor) -> Tensor:
+        return torch.where(x > 0, x, self.a * x)
+
+    def slope(self, x: Tensor) -> Tensor:
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.a))
+
+    def deriv_range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        # pieces: a on q <= 0 (present if lo <= 0), 1 on q > 0 (present if hi > 0)
+        slack = 2 * units.u * self.a + units.abs_tiny(1)
+        has_neg, has_pos = lo <= 0, hi > 0
+        inf = torch.full_like(lo, math.inf)
+        one = torch.ones_like(lo)
+        dlo = torch.minimum(torch.where(has_neg, torch.full_like(lo, self.a - slack), inf),
+                            torch.where(has_pos, one, inf))
+        dhi = torch.maximum(torch.where(has_neg, torch.full_like(lo, self.a + slack), -inf),
+                            torch.where(has_pos, one, -inf))
+        return down(dlo), up(dhi)
 
 
 @register(nn.Softplus)
@@ -178,3 +222,86 @@ class Sigmoid(Tanh):
         dlo, dhi = self._even_range(lo, hi)
         err = 2 * K_FUNC * units.u * (1 + mag(lo, hi)) + units.abs_tiny(2)
         return outward(dlo, dhi, err)
+
+
+def _gelu(x: float) -> float:
+    return 0.5 * x * math.erfc(-x / math.sqrt(2))
+
+
+def _gelu_slope(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2)) + x * math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _gelu_argmin() -> float:
+    """The minimiser of GELU (about -0.7518), where Phi(q) + q phi(q) = 0: Newton's method on
+    the slope, whose derivative is phi(q) (2 - q^2)."""
+    q = -0.75
+    for _ in range(30):
+        q -= _gelu_slope(q) / (math.exp(-0.5 * q * q) / math.sqrt(2 * math.pi) * (2 - q * q))
+    return q
+
+
+#: GELU's minimum and the extremes of its slope (at -+sqrt 2), each moved outward by 1e-12
+#: (float64 evaluation at a float64 approximation of the extremiser)
+_GELU_MIN = _gelu(_gelu_argmin()) - 1e-12
+_GELU_SLOPE_MIN = _gelu_slope(-math.sqrt(2)) - 1e-12
+_GELU_SLOPE_MAX = _gelu_slope(math.sqrt(2)) + 1e-12
+
+
+@register(nn.GELU)
+class GELU(Activation):
+    """torch.nn.GELU (approximate="none"): q Phi(q), Phi the standard normal CDF.
+
+    Not monotone (minimum about -0.17 at q about -0.75), so ``range`` takes the minimum where
+    an interval contains it, the slope range takes -+sqrt 2 (the slope's extremes, -0.129 and
+    1.129) where an interval contains them, the Lipschitz constant is max |slope|, and the
+    relaxation is the constant range (kind "none"). Rounding: torch evaluates
+    0.5 q (1 + erf(q / sqrt 2)), whose error is relative to |q| rather than to the value (the
+    sum 1 + erf cancels for q << 0): K_FUNC u (|value| + |q|); the slope
+    Phi + q phi likewise within K_FUNC u (1 + |q|).
+    """
+
+    name = "GELU"
+    kind = "none"
+
+    def __init__(self, m: nn.GELU) -> None:
+        if m.approximate != "none":
+            raise AttrboundError("the interval method supports GELU(approximate='none') only, "
+                                 f"got approximate={m.approximate!r}.")
+
+    @classmethod
+    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
+                    path: str) -> GELU:
+        assert isinstance(m, nn.GELU)
+        return cls(m)
+
+    def value(self, x: Tensor) -> Tensor:
+        return 0.5 * x * torch.erfc(-x / math.sqrt(2))
+
+    def slope(self, x: Tensor) -> Tensor:
+        return 0.5 * torch.erfc(-x / math.sqrt(2)) + x * torch.exp(-0.5 * x * x) / math.sqrt(
+            2 * math.pi)
+
+    def value_err(self, vmag: Tensor, xmag: Tensor, units: Units) -> Tensor:
+        return K_FUNC * units.u * (vmag + xmag) + units.abs_tiny(1)
+
+    def range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        vlo, vhi = self.value(lo), self.value(hi)
+        inside = (lo <= _gelu_argmin()) & (hi >= _gelu_argmin())
+        rmin = torch.where(inside, torch.full_like(lo, _GELU_MIN), torch.minimum(vlo, vhi))
+        rmax = torch.maximum(vlo, vhi)
+        err = self.value_err(mag(rmin, rmax), mag(lo, hi), units)
+        return outward(rmin, rmax, err)
+
+    def deriv_range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        dl, dh = self.slope(lo), self.slope(hi)
+        r2 = math.sqrt(2)
+        dlo = torch.where((lo <= -r2) & (hi >= -r2), torch.full_like(lo, _GELU_SLOPE_MIN),
+                          torch.minimum(dl, dh))
+        dhi = torch.where((lo <= r2) & (hi >= r2), torch.full_like(lo, _GELU_SLOPE_MAX),
+                          torch.maximum(dl, dh))
+        return outward(dlo, dhi, K_FUNC * units.u * (1 + mag(lo, hi)) + units.abs_tiny(2))
+
+    def lipschitz(self, lo: Tensor, hi: Tensor, units: Units) -> Tensor:
+        dlo, dhi = self.deriv_range(lo, hi, units)
+        return mag(dlo, dhi)
