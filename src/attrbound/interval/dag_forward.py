@@ -70,10 +70,15 @@ def dag_forward(
         mvecs.append(mv)
         if i in tight and tightening == "crown":
             bounds.append((lo, hi))
-            lc, uc = dag_crown(dag, i, bounds, mvecs, inset, units, max_elements)
-            lc, uc = outward(lc, uc, e)
-            lo, hi = torch.maximum(lo, lc), torch.minimum(hi, uc)
-            bounds[i] = (lo, hi)
+            only = None
+            if all(dag.nodes[u].kind == "act" and dag.nodes[u].op.linear_pieces
+                   for u in dag.users[i]):  # as in forward.crown: stable neurons are exact
+                only = ((lo <= 0) & (hi > 0)).flatten(1).any(dim=0).nonzero().flatten()
+            if only is None or only.numel() > 0:
+                lc, uc = dag_crown(dag, i, bounds, mvecs, inset, units, max_elements, only)
+                lc, uc = outward(lc, uc, e)
+                lo, hi = torch.maximum(lo, lc), torch.minimum(hi, uc)
+                bounds[i] = (lo, hi)
         else:
             bounds.append((lo, hi))
         errs.append(e)
@@ -88,33 +93,39 @@ def dag_crown(
     inset: InputSet,
     units: Units,
     max_elements: int,
+    only: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *shape_j] of node j by back-substitution over the graph.
 
     Rows in chunks of neurons and inputs so that one Lambda holds about ``max_elements / 4``
-    float64 entries (several Lambdas are alive at once across a residual block)."""
+    float64 entries (several Lambdas are alive at once across a residual block). ``only``:
+    the (flattened) neurons to bound, the others get (-inf, inf), as in
+    :func:`attrbound.interval.forward.crown`."""
     shape = dag.nodes[j].shape
     k = math.prod(shape)
     n = inset.lo.shape[0]
     anc = dag.ancestors(j)
     per = max(dag.size(i) for i in anc)
-    rows = max(1, min(k, max_elements // (8 * per)))
-    nb = max(1, min(n, max_elements // (8 * rows * per)))
     dev = inset.lo.device
-    lower = inset.lo.new_empty((n, k))
-    upper = inset.lo.new_empty((n, k))
-    for r0 in range(0, k, rows):
-        r = min(rows, k - r0)
+    if only is None:
+        only = torch.arange(k, device=dev)
+    rows = max(1, min(only.numel(), max_elements // (8 * per)))
+    nb = max(1, min(n, max_elements // (8 * rows * per)))
+    lower = inset.lo.new_full((n, k), -math.inf)
+    upper = inset.lo.new_full((n, k), math.inf)
+    for r0 in range(0, only.numel(), rows):
+        cols = only[r0: r0 + rows]
+        r = cols.numel()
         eye = torch.zeros((r, k), dtype=torch.float64, device=dev)
-        eye[torch.arange(r, device=dev), torch.arange(r0, r0 + r, device=dev)] = 1.0
+        eye[torch.arange(r, device=dev), cols] = 1.0
         eye = torch.cat([eye, -eye]).reshape((2 * r,) + shape)
         for n0 in range(0, n, nb):
             s = slice(n0, n0 + nb)
             m = min(n, n0 + nb) - n0
             lam = eye.unsqueeze(0).expand((m,) + eye.shape).clone()
             lo = _back_substitute(dag, anc, lam, bounds, mvecs, inset.part(s), units, s)
-            lower[s, r0: r0 + r] = lo[:, :r]
-            upper[s, r0: r0 + r] = -lo[:, r:]
+            lower[s, cols] = lo[:, :r]
+            upper[s, cols] = -lo[:, r:]
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 

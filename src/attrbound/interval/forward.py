@@ -55,7 +55,11 @@ def forward(
         if i == 0 and inset.radius is not None:
             tight = first_layer_ball(net, inset, units)
         if tight is None and (tightening == "crown" or (i == 0 and inset.radius is not None)):
-            tight = crown(net, i, pre, mvecs, inset, units, max_elements)
+            only = None
+            if act.linear_pieces:  # a neuron IBP puts on one side of 0 is exact already
+                only = ((lo <= 0) & (hi > 0)).flatten(1).any(dim=0).nonzero().flatten()
+            if only is None or only.numel() > 0:
+                tight = crown(net, i, pre, mvecs, inset, units, max_elements, only)
         if tight is not None:
             lc, uc = outward(tight[0], tight[1], e)
             lo, hi = torch.maximum(lo, lc), torch.minimum(hi, uc)
@@ -77,8 +81,16 @@ def crown(
     inset: InputSet,
     units: Units,
     max_elements: int,
+    only: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *shape(q_j)] of pre-activation j by back-substitution.
+
+    ``only``: int64 indices of the (flattened) neurons to bound, the others get (-inf, inf)
+    (no information; the caller intersects with IBP). For an activation linear on each side
+    of 0 (ReLU, LeakyReLU: ``Activation.linear_pieces``) the caller passes the neurons IBP
+    leaves unstable: a stable neuron's relaxation and derivative are exact whatever its
+    interval, so tightening it changes no bound downstream, and on a trained CNN most
+    neurons are stable at small eps.
 
     Rows Lambda = +/- e_i (one per neuron and sign), in chunks of neurons. Through blocks[j] the
     rows are the same for every input (computed once, with the +rows only); from the first
@@ -89,22 +101,25 @@ def crown(
     k = math.prod(shape)
     n = inset.lo.shape[0]
     per = net.widest(j)
-    rows = max(1, min(k, max_elements // (2 * per)))
-    nb = max(1, min(n, max_elements // (2 * rows * per)))
     dev = inset.lo.device
-    lower = inset.lo.new_empty((n, k))
-    upper = inset.lo.new_empty((n, k))
-    for r0 in range(0, k, rows):
-        r = min(rows, k - r0)
+    if only is None:
+        only = torch.arange(k, device=dev)
+    rows = max(1, min(only.numel(), max_elements // (2 * per)))
+    nb = max(1, min(n, max_elements // (2 * rows * per)))
+    lower = inset.lo.new_full((n, k), -math.inf)
+    upper = inset.lo.new_full((n, k), math.inf)
+    for r0 in range(0, only.numel(), rows):
+        cols = only[r0: r0 + rows]
+        r = cols.numel()
         lam = torch.zeros((r, k), dtype=torch.float64, device=dev)
-        lam[torch.arange(r, device=dev), torch.arange(r0, r0 + r, device=dev)] = 1.0
+        lam[torch.arange(r, device=dev), cols] = 1.0
         lam = lam.reshape((r,) + shape)
         const = lam.new_zeros(r)
         err = lam.new_zeros(n, r)
         lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err, units)
         if j == 0:
             lo, hi = _concretize(lam, True, const, err, inset, units)
-            lower[:, r0 : r0 + r], upper[:, r0 : r0 + r] = lo, hi
+            lower[:, cols], upper[:, cols] = lo, hi
             continue
         for n0 in range(0, n, nb):
             s = slice(n0, n0 + nb)
@@ -118,8 +133,8 @@ def crown(
                 lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
                                                        units, counted=nxt is not None)
             lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s), units)
-            lower[s, r0 : r0 + r] = lo[:, :r]
-            upper[s, r0 : r0 + r] = -lo[:, r:]
+            lower[s, cols] = lo[:, :r]
+            upper[s, cols] = -lo[:, r:]
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 

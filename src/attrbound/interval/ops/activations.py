@@ -30,6 +30,7 @@ class ReLU(Activation):
 
     name = "ReLU"
     kind = "relu"
+    linear_pieces = True
 
     def value(self, x: Tensor) -> Tensor:
         return x.clamp_min(0)
@@ -68,6 +69,7 @@ class LeakyReLU(Activation):
     are a (1 -/+ 2u), and the value's rounding is within the base class's K_FUNC u |value|."""
 
     name = "LeakyReLU"
+    linear_pieces = True
 
     def __init__(self, m: nn.LeakyReLU) -> None:
         self.a = float(m.negative_slope)

@@ -124,6 +124,9 @@ class Activation:
     name = "act"
     kind = "none"
     jump = 0.0
+    #: linear on each side of 0 (ReLU, LeakyReLU): a neuron whose interval does not contain 0
+    #: has an exact relaxation and derivative whatever its width (CROWN skips it)
+    linear_pieces = False
 
     @classmethod
     def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
