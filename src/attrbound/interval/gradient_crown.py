@@ -89,7 +89,7 @@ def crown_gradient(
         r = min(rows, k - r0)
         eye = torch.zeros((r, k), dtype=torch.float64, device=dev)
         eye[torch.arange(r, device=dev), torch.arange(r0, r0 + r, device=dev)] = 1.0
-        eye = torch.cat([eye, -eye]).reshape((2 * r,) + shape)
+        eye = eye.reshape((r,) + shape)  # the +rows; _rows adds the -rows
         for n0 in range(0, n, nb):
             s = slice(n0, min(n, n0 + nb))
             lo = _rows(net, trace, eye.unsqueeze(0), target[s], units, s)
@@ -104,13 +104,24 @@ def crown_gradient(
 
 def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
           s: slice) -> Tensor:
-    """Lower bound [m, R] of Lambda . g for the m inputs of slice ``s`` and rows Lambda
-    [1, R, *S], the same for all of them until the first product makes them per input."""
+    """Lower bound [m, 2R] of Lambda . g for the m inputs of slice ``s`` and the rows
+    Lambda = [+P; -P], P [1, R, *S]: the same for all inputs until the first product makes
+    them per input. Until then the -rows are the negated +rows (every step is linear) and
+    their rounding terms the same, so only P goes through the first block."""
     m = s.stop - s.start
     r = lam.shape[1]
     const = lam.new_zeros(m, r)
     err = lam.new_zeros(m, r)
     last = len(net.blocks) - 1
+    signed = False
+
+    def both_signs() -> None:
+        nonlocal lam, const, err, signed, r
+        if not signed:
+            lam, const, err = torch.cat([lam, -lam], 1), torch.cat([const, -const], 1), \
+                torch.cat([err, err], 1)
+            signed, r = True, 2 * r
+
     for i, block in enumerate(net.blocks):
         for o, op in enumerate(block):
             shared = lam.shape[0] == 1
@@ -122,6 +133,7 @@ def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
             lam = out.reshape((lead, r) + op.out_shape)
         if i == last:
             break
+        both_signs()
         dl, du, yl, yu = (t[s] for t in trace.prods[i])
         a_lo, b_lo, a_up, b_up = relax_product(dl, du, yl, yu)
         pos = lam >= 0
@@ -134,6 +146,9 @@ def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
         err = err + 2 * U64 * _absdot(lam, mag(yl, yu), False)
         const = const + dotb
         err = err + 2 * units.u * const.abs()
+    both_signs()
+    if lam.shape[0] != m:  # no product: the rows are still shared
+        lam = lam.expand((m,) + lam.shape[1:])
     final = lam.gather(2, target.view(m, 1, 1).expand(m, r, 1)).squeeze(2)
     total = const + final
     return down(total - err - 4 * units.u * (total.abs() + err) - units.abs_tiny(2))
