@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from attrbound.interval.dag import Dag
-from attrbound.interval.forward import _absdot, _concretize, _relax_step
+from attrbound.interval.forward import _absdot, _concretize, _relax_step, unit_rows, unstable
 from attrbound.interval.perturbation import InputSet
 from attrbound.interval.rounding import U64, Units, mag, outward, up
 
@@ -73,7 +73,7 @@ def dag_forward(
             only = None
             if all(dag.nodes[u].kind == "act" and dag.nodes[u].op.linear_pieces
                    for u in dag.users[i]):  # as in forward.crown: stable neurons are exact
-                only = ((lo <= 0) & (hi > 0)).flatten(1).any(dim=0).nonzero().flatten()
+                only = unstable(lo, hi)
             if only is None or only.numel() > 0:
                 lc, uc = dag_crown(dag, i, bounds, mvecs, inset, units, max_elements, only)
                 lc, uc = outward(lc, uc, e)
@@ -106,18 +106,13 @@ def dag_crown(
     n = inset.lo.shape[0]
     anc = dag.ancestors(j)
     per = max(dag.size(i) for i in anc)
-    dev = inset.lo.device
-    if only is None:
-        only = torch.arange(k, device=dev)
+    only = torch.arange(k, device=inset.lo.device) if only is None else only
     rows = max(1, min(only.numel(), max_elements // (8 * per)))
     nb = max(1, min(n, max_elements // (8 * rows * per)))
     lower = inset.lo.new_full((n, k), -math.inf)
     upper = inset.lo.new_full((n, k), math.inf)
-    for r0 in range(0, only.numel(), rows):
-        cols = only[r0: r0 + rows]
+    for cols, eye in unit_rows(only, k, rows):
         r = cols.numel()
-        eye = torch.zeros((r, k), dtype=torch.float64, device=dev)
-        eye[torch.arange(r, device=dev), cols] = 1.0
         eye = torch.cat([eye, -eye]).reshape((2 * r,) + shape)
         for n0 in range(0, n, nb):
             s = slice(n0, n0 + nb)

@@ -19,6 +19,7 @@ float64 rounding (attrbound.interval.rounding).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -55,9 +56,7 @@ def forward(
         if i == 0 and inset.radius is not None:
             tight = first_layer_ball(net, inset, units)
         if tight is None and (tightening == "crown" or (i == 0 and inset.radius is not None)):
-            only = None
-            if act.linear_pieces:  # a neuron IBP puts on one side of 0 is exact already
-                only = ((lo <= 0) & (hi > 0)).flatten(1).any(dim=0).nonzero().flatten()
+            only = unstable(lo, hi) if act.linear_pieces else None  # see crown
             if only is None or only.numel() > 0:
                 tight = crown(net, i, pre, mvecs, inset, units, max_elements, only)
         if tight is not None:
@@ -101,18 +100,13 @@ def crown(
     k = math.prod(shape)
     n = inset.lo.shape[0]
     per = net.widest(j)
-    dev = inset.lo.device
-    if only is None:
-        only = torch.arange(k, device=dev)
+    only = torch.arange(k, device=inset.lo.device) if only is None else only
     rows = max(1, min(only.numel(), max_elements // (2 * per)))
     nb = max(1, min(n, max_elements // (2 * rows * per)))
     lower = inset.lo.new_full((n, k), -math.inf)
     upper = inset.lo.new_full((n, k), math.inf)
-    for r0 in range(0, only.numel(), rows):
-        cols = only[r0: r0 + rows]
+    for cols, lam in unit_rows(only, k, rows):
         r = cols.numel()
-        lam = torch.zeros((r, k), dtype=torch.float64, device=dev)
-        lam[torch.arange(r, device=dev), cols] = 1.0
         lam = lam.reshape((r,) + shape)
         const = lam.new_zeros(r)
         err = lam.new_zeros(n, r)
@@ -136,6 +130,22 @@ def crown(
             lower[s, cols] = lo[:, :r]
             upper[s, cols] = -lo[:, r:]
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
+
+
+def unstable(lo: Tensor, hi: Tensor) -> Tensor:
+    """Indices (int64) of the flattened neurons with lo <= 0 < hi for some input of the batch
+    (lo, hi [N, *s]): those on which ReLU / LeakyReLU are not linear (their derivative test)."""
+    return ((lo <= 0) & (hi > 0)).flatten(1).any(dim=0).nonzero().flatten()
+
+
+def unit_rows(only: Tensor, k: int, chunk: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(cols, E) for consecutive chunks of at most ``chunk`` of the neurons ``only`` (int64
+    indices into k): E [len(cols), k] float64 on only's device, E[i, cols[i]] = 1."""
+    for r0 in range(0, only.numel(), chunk):
+        cols = only[r0: r0 + chunk]
+        eye = torch.zeros((cols.numel(), k), dtype=torch.float64, device=only.device)
+        eye[torch.arange(cols.numel(), device=only.device), cols] = 1.0
+        yield cols, eye
 
 
 def _absdot(lam: Tensor, vec: Tensor, shared: bool) -> Tensor:
