@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 
 from attrbound.interval.dag import Dag
-from attrbound.interval.forward import _absdot, _concretize, _relax_step, unit_rows, unstable
+from attrbound.interval.forward import (
+    _absdot,
+    _concretize,
+    _relax_step,
+    possibly_active,
+    unit_rows,
+)
 from attrbound.interval.perturbation import InputSet
 from attrbound.interval.rounding import U64, Units, mag, outward, up
 
@@ -71,9 +77,9 @@ def dag_forward(
         if i in tight and tightening == "crown":
             bounds.append((lo, hi))
             only = None
-            if all(dag.nodes[u].kind == "act" and dag.nodes[u].op.linear_pieces
-                   for u in dag.users[i]):  # as in forward.crown: stable neurons are exact
-                only = unstable(lo, hi)
+            if all(dag.nodes[u].kind == "act" and dag.nodes[u].op.zero_below
+                   for u in dag.users[i]):  # as in forward.crown: inactive neurons are 0
+                only = possibly_active(hi)
             if only is None or only.numel() > 0:
                 lc, uc = dag_crown(dag, i, bounds, mvecs, inset, units, max_elements, only)
                 lc, uc = outward(lc, uc, e)

@@ -56,7 +56,7 @@ def forward(
         if i == 0 and inset.radius is not None:
             tight = first_layer_ball(net, inset, units)
         if tight is None and (tightening == "crown" or (i == 0 and inset.radius is not None)):
-            only = unstable(lo, hi) if act.linear_pieces else None  # see crown
+            only = possibly_active(hi) if act.zero_below else None  # see crown
             if only is None or only.numel() > 0:
                 tight = crown(net, i, pre, mvecs, inset, units, max_elements, only)
         if tight is not None:
@@ -85,11 +85,13 @@ def crown(
     """Lower and upper bounds [N, *shape(q_j)] of pre-activation j by back-substitution.
 
     ``only``: int64 indices of the (flattened) neurons to bound, the others get (-inf, inf)
-    (no information; the caller intersects with IBP). For an activation linear on each side
-    of 0 (ReLU, LeakyReLU: ``Activation.linear_pieces``) the caller passes the neurons IBP
-    leaves unstable: a stable neuron's relaxation and derivative are exact whatever its
-    interval, so tightening it changes no bound downstream, and on a trained CNN most
-    neurons are stable at small eps.
+    (no information; the caller intersects with IBP). Before a ReLU
+    (``Activation.zero_below``) the caller passes the neurons IBP does not put at q <= 0
+    for every input (:func:`possibly_active`): a neuron there outputs exactly [0, 0] with
+    derivative 0 whatever its interval, so tightening it changes nothing downstream, and on a
+    trained CNN many neurons are inactive at small eps. (A stably ACTIVE neuron is not
+    skipped: its width is its output's, and IBP widths compound into the magnitudes that the
+    rounding terms of later layers scale with.)
 
     Rows Lambda = +/- e_i (one per neuron and sign), in chunks of neurons. Through blocks[j] the
     rows are the same for every input (computed once, with the +rows only); from the first
@@ -132,10 +134,10 @@ def crown(
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 
-def unstable(lo: Tensor, hi: Tensor) -> Tensor:
-    """Indices (int64) of the flattened neurons with lo <= 0 < hi for some input of the batch
-    (lo, hi [N, *s]): those on which ReLU / LeakyReLU are not linear (their derivative test)."""
-    return ((lo <= 0) & (hi > 0)).flatten(1).any(dim=0).nonzero().flatten()
+def possibly_active(hi: Tensor) -> Tensor:
+    """Indices (int64) of the flattened neurons with hi > 0 for some input of the batch
+    (hi [N, *s]): all but those a ReLU maps to exactly 0 (its derivative test: q > 0)."""
+    return (hi > 0).flatten(1).any(dim=0).nonzero().flatten()
 
 
 def unit_rows(only: Tensor, k: int, chunk: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -30,7 +30,7 @@ class ReLU(Activation):
 
     name = "ReLU"
     kind = "relu"
-    linear_pieces = True
+    zero_below = True
 
     def value(self, x: Tensor) -> Tensor:
         return x.clamp_min(0)
@@ -69,7 +69,6 @@ class LeakyReLU(Activation):
     are a (1 -/+ 2u), and the value's rounding is within the base class's K_FUNC u |value|."""
 
     name = "LeakyReLU"
-    linear_pieces = True
 
     def __init__(self, m: nn.LeakyReLU) -> None:
         self.a = float(m.negative_slope)
@@ -77,6 +76,7 @@ class LeakyReLU(Activation):
             raise AttrboundError("the interval method needs LeakyReLU negative_slope >= 0 (an "
                                  f"increasing activation), got {self.a}.")
         self.kind = "convex" if self.a <= 1 else "none"
+        self.zero_below = self.a == 0
 
     @classmethod
     def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,

@@ -124,9 +124,9 @@ class Activation:
     name = "act"
     kind = "none"
     jump = 0.0
-    #: linear on each side of 0 (ReLU, LeakyReLU): a neuron whose interval does not contain 0
-    #: has an exact relaxation and derivative whatever its width (CROWN skips it)
-    linear_pieces = False
+    #: exactly 0, with derivative 0, on q <= 0 (ReLU): a neuron whose interval lies there
+    #: outputs [0, 0] whatever its width, so CROWN need not bound it
+    zero_below = False
 
     @classmethod
     def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
