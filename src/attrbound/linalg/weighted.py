@@ -191,12 +191,13 @@ def refine(block: Callable[[Tensor], Tensor], v: Tensor, rank: int, steps: int
     return y, my
 
 
-def _block_gram(op: LinearOperator, rows: Tensor, b: int, r: int, dtype: torch.dtype
-                ) -> Callable[[Tensor], Tensor]:
+def _block_gram(op: LinearOperator, sub: LinearOperator, rows: Tensor, r: int,
+                dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
     """Y [len(rows), n, r] (float64) -> M Y of the examples ``rows``: one product of an
     operator that holds each of those examples r times when op can be restricted (one batch
     of r * len(rows) vectors costs less than r batches of len(rows): a product's fixed cost
-    is paid once), else r products of :func:`_rows_gram`."""
+    is paid once), else r products of ``sub`` (those examples' operator,
+    :func:`_rows_operator`)."""
     if hasattr(op, "restrict"):
         rep = op.restrict(rows.repeat_interleave(r))  # type: ignore[attr-defined]
 
@@ -206,8 +207,7 @@ def _block_gram(op: LinearOperator, rows: Tensor, b: int, r: int, dtype: torch.d
             return rep.gram(flat).double().reshape(k, rr, n).transpose(1, 2)
 
         return apply
-    gram = _rows_gram(op, rows, b)
-    return lambda y: torch.stack([gram(y[:, :, j].to(dtype)).double()
+    return lambda y: torch.stack([sub.gram(y[:, :, j].to(dtype)).double()
                                   for j in range(y.shape[2])], dim=2)
 
 
@@ -268,28 +268,17 @@ class InfToTwo:
     refined: Tensor | None = None
 
 
-def _rows_gram(op: LinearOperator, rows: Tensor, b: int) -> MatVec:
-    """The product with M of the examples ``rows`` only ([len(rows), n] -> [len(rows), n]):
-    op itself when rows is the whole batch, else op.restrict(rows), else the whole batch's
-    product with the other rows zero."""
-    if rows.numel() == b:
-        return op.gram
-    if hasattr(op, "restrict"):
-        return op.restrict(rows).gram  # type: ignore[attr-defined]
-
-    def gram(q: Tensor) -> Tensor:
-        full = q.new_zeros((b,) + q.shape[1:])
-        full[rows] = q
-        return op.gram(full)[rows]
-
-    return gram
-
-
 class _RowsOperator:
-    """The examples ``rows`` of an operator that cannot restrict itself (only ``gram``)."""
+    """The examples ``rows`` of an operator that cannot restrict itself (only ``gram``,
+    [len(rows), n] -> [len(rows), n]): the whole batch's product with the other rows zero."""
 
     def __init__(self, op: LinearOperator, rows: Tensor, b: int) -> None:
-        self.gram = _rows_gram(op, rows, b)
+        self.op, self.rows, self.b = op, rows, b
+
+    def gram(self, q: Tensor) -> Tensor:
+        full = q.new_zeros((self.b,) + q.shape[1:])
+        full[self.rows] = q
+        return self.op.gram(full)[self.rows]
 
 
 def _rows_operator(op: LinearOperator, rows: Tensor, b: int) -> LinearOperator:
@@ -431,7 +420,7 @@ def inf_to_two(
     if rows.numel() > 0:  # step 4c on those examples' operator only, then their own run
         sub = _rows_operator(op, rows, b)
         r = max(1, min(int(refine_rank), v.shape[2], n))
-        y, my = refine(_block_gram(op, rows, b, r, dt), v[rows], r, refine_steps)
+        y, my = refine(_block_gram(op, sub, rows, r, dt), v[rows], r, refine_steps)
         products[rows] += y.shape[2] * max(1, int(refine_steps))
         w_r = my.norm(dim=2)
         w[rows] = torch.maximum(w_r, 1e-6 * w_r.mean(dim=1, keepdim=True)).clamp_min(1e-300)

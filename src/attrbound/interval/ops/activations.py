@@ -243,9 +243,10 @@ def _gelu_argmin() -> float:
     return q
 
 
-#: GELU's minimum and the extremes of its slope (at -+sqrt 2), each moved outward by 1e-12
-#: (float64 evaluation at a float64 approximation of the extremiser)
-_GELU_MIN = _gelu(_gelu_argmin()) - 1e-12
+#: GELU's minimiser, its minimum and the extremes of its slope (at -+sqrt 2), each value
+#: moved outward by 1e-12 (float64 evaluation at a float64 approximation of the extremiser)
+_GELU_ARGMIN = _gelu_argmin()
+_GELU_MIN = _gelu(_GELU_ARGMIN) - 1e-12
 _GELU_SLOPE_MIN = _gelu_slope(-math.sqrt(2)) - 1e-12
 _GELU_SLOPE_MAX = _gelu_slope(math.sqrt(2)) + 1e-12
 
@@ -289,7 +290,7 @@ class GELU(Activation):
 
     def range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
         vlo, vhi = self.value(lo), self.value(hi)
-        inside = (lo <= _gelu_argmin()) & (hi >= _gelu_argmin())
+        inside = (lo <= _GELU_ARGMIN) & (hi >= _GELU_ARGMIN)
         rmin = torch.where(inside, torch.full_like(lo, _GELU_MIN), torch.minimum(vlo, vhi))
         rmax = torch.maximum(vlo, vhi)
         err = self.value_err(mag(rmin, rmax), mag(lo, hi), units)
