@@ -16,8 +16,10 @@ cosine lower bound on the deviation of A(z) from A(x). The steps, one module eac
    and CROWN back-substitution by default);
 3. :mod:`.gradient` (chain) / :mod:`.dag_gradient` (graph): the interval chain rule
    g = W_0^T D_1 W_1^T ... D_n W_n^T e_t, D_i the activation derivative ranges, summed where
-   the graph fans out; for chains intersected with the linear bounds of :mod:`.gradient_crown`
-   and refined by branch and bound on ReLU derivative states (:mod:`.branching`);
+   the graph fans out; intersected with the same pass in exact arithmetic widened by the
+   model's backward rounding E, refined by branch and bound on ReLU derivative states
+   (:mod:`.branching`), and where that is not exhaustive intersected with the linear bounds of
+   :mod:`.gradient_crown` / :mod:`.dag_gradient_crown`;
 4. :mod:`.attribution`: the attribution's intervals from the gradient's (the integrated-
    gradients path points are one batch through one propagation);
 5. :mod:`.deviation`: the Euclidean and cosine bounds from the intervals.
@@ -152,8 +154,9 @@ def _prepare(
     a64 = attr.with_model(m64)
     lo, hi = attribution_box(net, a64, xd, inset, tgt, tightening, units, int(max_elements),
                              relaxation, branches)
+    # {x}: only rounding leaves neurons unstable, few enough to enumerate their patterns
     plo, phi = attribution_box(net, a64, xd, point_set(xd), tgt, "none", units,
-                               int(max_elements))
+                               int(max_elements), "crown", BRANCHES)
     lo, hi = torch.nan_to_num(lo, nan=-math.inf), torch.nan_to_num(hi, nan=math.inf)
     plo, phi = torch.nan_to_num(plo, nan=-math.inf), torch.nan_to_num(phi, nan=math.inf)
     return _Prepared(lo=lo, hi=hi, plo=plo, phi=phi, attr=a64, target=tgt, norm=norm, eps=eps,
@@ -223,16 +226,21 @@ def interval_bound(
             model computes it in its own format AND in exact arithmetic) or "exact" (exact
             arithmetic only); ``max_elements`` (default 2^23): float64 entries of one CROWN
             back-substitution chunk (memory ~ 6x that); ``gradient_relaxation`` = "crown"
-            (default; nn.Sequential chains: the interval gradient intersected with linear
-            bounds of g = B_0^T (d_0 * ... B_n^T e_t) over the derivative boxes, rows +/- e_k
-            from every input feature: 2 * prod(S) rows per input carried to the logits) or
-            "interval" (interval products only); ``branches`` (default 64; chains with ReLU):
-            branch and bound on the derivative states of each input's unstable ReLU neurons,
-            all 2^U patterns when 2^U <= branches (exact for the linearised pattern set), else
-            the floor(log2(branches)) widest split; the union of the branches' interval
-            gradients is intersected with the bound (1: no branching); ``surrogate_beta`` is
-            accepted and ignored (ReLU is bounded exactly; recorded in ``extra``);
-            ``attribution_options`` (dict) or any other keyword (e.g. ``steps=16``) are
+            (default: the interval gradient intersected with linear bounds of
+            g = B_0^T (d_0 * ... B_n^T e_t) over the derivative boxes, rows +/- e_k from every
+            input feature: 2 * prod(S) rows per input carried to the logits; skipped on inputs
+            whose branching is exhaustive) or "interval" (interval products only); every
+            gradient pass is also intersected with the same pass in exact arithmetic widened
+            by E, a bound on the model's rounding of its backward pass; ``branches`` (default
+            64; chains and graphs with ReLU): branch and bound on the derivative states of each
+            input's unstable ReLU neurons, all 2^U patterns when 2^U <= branches (exact for the
+            linearised pattern set when every activation is a ReLU and every max-pool window
+            is decided), else the floor(log2(branches)) widest split; the union of the
+            branches' gradients is intersected with the bound (1: no branching). A(x) itself
+            always gets the default budget: only rounding leaves its neurons undecided, and
+            enumerating them is cheaper and tighter than the linear relaxation;
+            ``surrogate_beta`` is accepted and ignored (ReLU is bounded exactly; recorded in
+            ``extra``); ``attribution_options`` (dict) or any other keyword (e.g. ``steps=16``) are
             options of the attribution method named by ``attribution``.
 
     Returns:

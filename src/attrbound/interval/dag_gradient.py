@@ -37,13 +37,23 @@ class DagTrace:
     derivs: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     err: Tensor | None = None
 
+    def subset(self, rows: Tensor) -> DagTrace:
+        """The trace of the inputs ``rows`` [M] (int64)."""
+        assert self.err is not None
+        return DagTrace(grads={v: (a[rows], b[rows]) for v, (a, b) in self.grads.items()},
+                        tm={v: t[rows] for v, t in self.tm.items()},
+                        derivs={v: (a[rows], b[rows]) for v, (a, b) in self.derivs.items()},
+                        err=self.err[rows])
+
 
 def dag_gradient(
     dag: Dag, bounds: list[tuple[Tensor, Tensor]], target: Tensor, units: Units,
-    trace: DagTrace | None = None,
+    trace: DagTrace | None = None, derivs: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Intervals [N, *S] of g over the set, from the node bounds of
-    :func:`attrbound.interval.dag_forward.dag_forward` and targets [N] (int64). With
+    :func:`attrbound.interval.dag_forward.dag_forward` and targets [N] (int64); ``derivs``,
+    if given, replaces the derivative ranges of the act nodes (their bounds are then unused,
+    entries may be None). With
     ``trace``, also E: through op^T |op^T| E (1 + gamma) + gamma |op^T| |G|; times d,
     |d|_max E + 2 u |d G|_max; summed at fan-outs, plus u |sum|."""
     k = dag.out_shape[0]
@@ -87,7 +97,10 @@ def dag_gradient(
                     ea = up(op.abs_transpose(e) * (1 + g) + g * tm + units.abs_tiny(op.fan))
             acc(node.args[0], *op.ibp_transpose(glo, ghi, units), ea)
         elif node.kind == "act":
-            dlo, dhi = node.op.deriv_range(*bounds[node.args[0]], units)
+            if derivs is not None:
+                dlo, dhi = derivs[v]
+            else:
+                dlo, dhi = node.op.deriv_range(*bounds[node.args[0]], units)
             plo, phi = mul(glo, ghi, dlo, dhi, units)
             ea = None
             if trace is not None and e is not None:

@@ -7,15 +7,22 @@ convolutions through their transpose; :meth:`attrbound.interval.ops.AffineOp.ibp
 the diagonal D_i = sigma_i'(q_i) as the derivative range on each neuron's pre-activation
 interval (:meth:`attrbound.interval.ops.Activation.deriv_range`), and the elementwise products
 by the four end-point products (:func:`attrbound.interval.rounding.mul`), each rounded outward.
+
+:func:`gradient_intervals` runs it over a chain or a graph, intersects it with the same pass in
+exact arithmetic widened by E (:func:`pattern_gradient`), refines it by branch and bound on
+ReLU states (:mod:`attrbound.interval.branching`) and, on the inputs where that is not
+exhaustive, intersects it with the linear bounds of the CROWN-style gradient relaxation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attrbound.interval.branching import BRANCHES, branch_gradient
+from attrbound.interval.branching import BRANCHES, Site, branch
 from attrbound.interval.dag import Dag
 from attrbound.interval.dag_forward import dag_forward
 from attrbound.interval.dag_gradient import DagTrace, dag_gradient
@@ -24,9 +31,9 @@ from attrbound.interval.forward import forward
 from attrbound.interval.gradient_crown import GradTrace, crown_gradient
 from attrbound.interval.graph import Net
 from attrbound.interval.perturbation import InputSet
-from attrbound.interval.rounding import Units, mag, mul, up
+from attrbound.interval.rounding import EXACT, Units, mag, mul, outward, up
 
-__all__ = ["RELAXATIONS", "gradient", "gradient_intervals"]
+__all__ = ["RELAXATIONS", "gradient", "gradient_intervals", "pattern_gradient"]
 
 #: the gradient pass: interval products only, or intersected with CROWN-style linear bounds
 RELAXATIONS = ("interval", "crown")
@@ -80,36 +87,121 @@ def gradient(
     return lo, hi
 
 
+def pattern_gradient(
+    net: Net, derivs: list[tuple[Tensor, Tensor]], target: Tensor, units: Units,
+) -> tuple[Tensor, Tensor]:
+    """Intervals [N, *S] of g for the derivative boxes ``derivs``: the interval pass in the
+    model's units, intersected with the pass in exact units widened by E (the bound on
+    |evaluated - exact| of g that the first pass traces). The second is much narrower where
+    the boxes are points (a fixed pattern): its width is then 2 E plus the float64 rounding,
+    while the first compounds the model's rounding through every layer's |W^T| r."""
+    trace = GradTrace()
+    lo, hi = gradient(net, [], target, units, trace, derivs)
+    xlo, xhi = gradient(net, [], target, EXACT, None, derivs)
+    assert trace.err is not None
+    return _meet(lo, hi, xlo, xhi, trace.err)
+
+
+def _meet(lo: Tensor, hi: Tensor, xlo: Tensor, xhi: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    """[lo, hi] intersected with [xlo - e, xhi + e] (rounded outward)."""
+    elo, ehi = outward(xlo, xhi, e)
+    return torch.maximum(lo, elo), torch.minimum(hi, ehi)
+
+
 def gradient_intervals(
     net: Net | Dag, inset: InputSet, target: Tensor, tightening: str, units: Units,
     max_elements: int, relaxation: str = "crown", branches: int = BRANCHES,
 ) -> tuple[Tensor, Tensor]:
     """Intervals [N, *S] of g over the input set: the forward bounds, then the gradient pass
-    (over the chain, or over the graph: attrbound.interval.dag_forward / dag_gradient).
+    (over the chain, or over the graph: attrbound.interval.dag_forward / dag_gradient), each
+    intersected with its exact-units pass widened by E (:func:`pattern_gradient`).
+
     ``relaxation="crown"``: intersected with the linear bounds of
     :func:`attrbound.interval.gradient_crown.crown_gradient` (graphs:
-    :func:`attrbound.interval.dag_gradient_crown.dag_crown_gradient`), so never looser. ``branches``
-    (chain only): the budget of :func:`attrbound.interval.branching.branch_gradient` per
-    input (1: no branching)."""
+    :func:`attrbound.interval.dag_gradient_crown.dag_crown_gradient`), so never looser, on the
+    inputs where branching is not exhaustive. ``branches``: the budget of
+    :func:`attrbound.interval.branching.branch` per input (1: no branching; inputs with no
+    unstable ReLU neuron and every derivative fixed are still exhaustive)."""
     if isinstance(net, Dag):
-        bounds = dag_forward(net, inset, tightening, units, max_elements)
-        if relaxation != "crown":
-            return dag_gradient(net, bounds, target, units)
-        dtrace = DagTrace()
-        lo, hi = dag_gradient(net, bounds, target, units, dtrace)
-        clo, chi = dag_crown_gradient(net, bounds, dtrace, target, units, max_elements)
-        lo = torch.where(torch.isnan(clo), lo, torch.maximum(lo, clo))
-        hi = torch.where(torch.isnan(chi), hi, torch.minimum(hi, chi))
-        return lo, hi
+        return _dag_intervals(net, inset, target, tightening, units, max_elements, relaxation,
+                              branches)
     pre = forward(net, inset, tightening, units, max_elements)
     if not net.acts:
         return gradient(net, pre, target, units)
     trace = GradTrace()
     lo, hi = gradient(net, pre, target, units, trace)
+    derivs = [(p[0], p[1]) for p in trace.prods]
+    xlo, xhi = gradient(net, [], target, EXACT, None, derivs)
+    assert trace.err is not None
+    lo, hi = _meet(lo, hi, xlo, xhi, trace.err)
+    relu = [i for i, a in enumerate(net.acts) if a.kind == "relu"]
+    sites: list[Site] = [(*trace.prods[i][:2], mag(*trace.prods[i][2:])) for i in relu]
+    fixed = torch.full((lo.shape[0],), len(relu) == len(net.acts), device=lo.device)
+
+    def evaluate(rows: Tensor, dv: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        full = [(d[0][rows], d[1][rows]) for d in derivs]
+        for i, d in zip(relu, dv, strict=True):
+            full[i] = d
+        return pattern_gradient(net, full, target[rows], units)
+
+    chunk = max_elements // (8 * net.widest(len(net.blocks) - 1))
+    blo, bhi, exhaustive = branch(sites, fixed, branches, lo, hi, evaluate, chunk)
     if relaxation == "crown":
-        clo, chi = crown_gradient(net, trace, target, units, max_elements, lo)
-        lo = torch.where(torch.isnan(clo), lo, torch.maximum(lo, clo))
-        hi = torch.where(torch.isnan(chi), hi, torch.minimum(hi, chi))
-    if branches > 1:
-        lo, hi = branch_gradient(net, trace, target, units, branches, lo, hi, gradient)
-    return lo, hi
+        _relax_rest(blo, bhi, exhaustive, lambda rest: crown_gradient(
+            net, trace.subset(rest), target[rest], units, max_elements, lo[rest]))
+    return blo, bhi
+
+
+def _dag_intervals(
+    dag: Dag, inset: InputSet, target: Tensor, tightening: str, units: Units,
+    max_elements: int, relaxation: str, branches: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`gradient_intervals` over a graph."""
+    bounds = dag_forward(dag, inset, tightening, units, max_elements)
+    trace = DagTrace()
+    lo, hi = dag_gradient(dag, bounds, target, units, trace)
+    derivs = dict(trace.derivs)
+    xlo, xhi = dag_gradient(dag, bounds, target, EXACT, derivs=derivs)
+    assert trace.err is not None
+    lo, hi = _meet(lo, hi, xlo, xhi, trace.err)
+    acts = [v for v, nd in enumerate(dag.nodes) if nd.kind == "act"]
+    pooled = {nd.args[0] for nd in dag.nodes if nd.kind == "max"}
+    relu = [v for v in acts if dag.nodes[v].op.kind == "relu"]
+    sites: list[Site] = [(*derivs[v], mag(*trace.grads[v])) for v in relu]
+    fixed = torch.full((lo.shape[0],), len(relu) == len(acts), device=lo.device)
+    for nd in dag.nodes:
+        if nd.kind == "max":
+            surely, possibly = nd.op.deriv_states(*bounds[nd.args[0]])
+            fixed &= (surely == possibly).flatten(1).all(1)
+
+    def evaluate(rows: Tensor, dv: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        full = {v: (d[0][rows], d[1][rows]) for v, d in derivs.items()}
+        full.update(zip(relu, dv, strict=True))
+        sub = [(b[0][rows], b[1][rows]) if i in pooled else None
+               for i, b in enumerate(bounds)]
+        tr = DagTrace()
+        blo, bhi = dag_gradient(dag, sub, target[rows], units, tr, derivs=full)
+        xl, xh = dag_gradient(dag, sub, target[rows], EXACT, derivs=full)
+        assert tr.err is not None
+        return _meet(blo, bhi, xl, xh, tr.err)
+
+    chunk = max_elements // (8 * max(dag.size(i) for i in range(len(dag.nodes))))
+    blo, bhi, exhaustive = branch(sites, fixed, branches, lo, hi, evaluate, chunk)
+    if relaxation == "crown":
+        _relax_rest(blo, bhi, exhaustive, lambda rest: dag_crown_gradient(
+            dag, [(b[0][rest], b[1][rest]) for b in bounds], trace.subset(rest), target[rest],
+            units, max_elements))
+    return blo, bhi
+
+
+def _relax_rest(lo: Tensor, hi: Tensor, exhaustive: Tensor,
+                linear: Callable[[Tensor], tuple[Tensor, Tensor]]) -> None:
+    """Intersect lo, hi [N, *S] in place, on the inputs not ``exhaustive`` [N], with the
+    linear bounds ``linear(rows)`` of those rows (NaN: no bound). An exhaustive input's union
+    of fixed patterns already lies inside them (up to float64 rounding)."""
+    if exhaustive.all():
+        return
+    rest = (~exhaustive).nonzero().flatten()
+    clo, chi = linear(rest)
+    lo[rest] = torch.where(torch.isnan(clo), lo[rest], torch.maximum(lo[rest], clo))
+    hi[rest] = torch.where(torch.isnan(chi), hi[rest], torch.minimum(hi[rest], chi))

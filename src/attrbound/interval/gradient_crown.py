@@ -47,6 +47,13 @@ class GradTrace:
     prods: list[tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=list)
     err: Tensor | None = None
 
+    def subset(self, rows: Tensor) -> GradTrace:
+        """The trace of the inputs ``rows`` [M] (int64); an exact op's tm is a scalar."""
+        assert self.err is not None
+        return GradTrace(tm=[[t[rows] if t.dim() else t for t in tms] for tms in self.tm],
+                         prods=[tuple(t[rows] for t in p) for p in self.prods],  # type: ignore[misc]
+                         err=self.err[rows])
+
 
 def relax_product(dl: Tensor, du: Tensor, yl: Tensor, yu: Tensor
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from attrbound.errors import AttrboundError
 
-__all__ = ["EVALUATIONS", "K_FUNC", "U64", "Units", "cast_out", "center_radius", "down", "mag",
-           "mul", "outward", "units_for", "up"]
+__all__ = ["EVALUATIONS", "EXACT", "K_FUNC", "U64", "Units", "cast_out", "center_radius",
+           "down", "mag", "mul", "outward", "units_for", "up"]
 
 EVALUATIONS = ("float", "exact")
 #: units in the last place allowed for a library function (exp, log1p, tanh, ...) of a float
@@ -68,6 +68,10 @@ class Units:
         return 4.0 * (n + 2) * self.tiny
 
 
+#: exact arithmetic: only the bound's own float64 rounding (counted twice)
+EXACT = Units(u=2 * U64, tiny=torch.finfo(torch.float64).tiny)
+
+
 def units_for(model: nn.Module, x: Tensor, evaluation: str) -> Units:
     """Unit roundoff of the format the model is evaluated in (+ float64 for the bound).
 
@@ -77,7 +81,7 @@ def units_for(model: nn.Module, x: Tensor, evaluation: str) -> Units:
     ``evaluation="exact"``: float64 only (the bound's own arithmetic, counted twice).
     """
     if evaluation == "exact":
-        return Units(u=2 * U64, tiny=torch.finfo(torch.float64).tiny)
+        return EXACT
     tensors = list(model.parameters()) + list(model.buffers())
     dtypes = [x.dtype] + [t.dtype for t in tensors if t.is_floating_point()]
     worst = max(dtypes, key=lambda d: torch.finfo(d).eps)
