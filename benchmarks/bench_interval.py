@@ -259,7 +259,8 @@ def tightness(args: argparse.Namespace, log: Any) -> str:
 
 Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_interval.py --tightness \
 --images {args.images} --threads {args.threads}`; commit {_commit()}; load average
-{os.getloadavg()[0]:.2f} at the end (other jobs shared the 2 cores: timings are inflated).
+{os.getloadavg()[0]:.2f} at the end (on this 2-core machine, above about 2 means other jobs
+shared the cores and the timings are inflated).
 
 Integrated gradients with 32 steps, LeNet, l-inf 0.002, one input: {ig32}.
 
