@@ -5,17 +5,23 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The core install (the dependencies of pyproject.toml) is all `make demo` needs; the test extra
+# (pytest, hypothesis, Captum, SciPy, ruff, Ray) is added on top for the tests and benchmarks.
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel, pinned: an unpinned torch may pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.test
 
-demo: setup
+demo: $(VENV)/.core
 	$(VENV)/bin/attrbound demo
 
 test: setup
