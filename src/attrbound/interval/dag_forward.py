@@ -31,7 +31,7 @@ from attrbound.interval.forward import (
     unit_rows,
 )
 from attrbound.interval.perturbation import InputSet
-from attrbound.interval.rounding import U64, Units, mag, outward, up
+from attrbound.interval.rounding import EXACT, U64, Units, mag, outward, up
 
 __all__ = ["dag_crown", "dag_forward"]
 
@@ -146,7 +146,7 @@ def _back_substitute(
         if t in lams:
             lam = lams[t] + lam
             # |fl(a + b) - (a + b)| <= u |fl(a + b)|, times |v_t| <= mag of its bounds
-            err = err + 2 * units.u * _absdot(lam, mag(*bounds[t])[s], False)
+            err = err + 2 * EXACT.u * _absdot(lam, mag(*bounds[t])[s], False)
         lams[t] = lam
 
     for v in anc:
@@ -161,7 +161,7 @@ def _back_substitute(
             if not op.exact:
                 mv = mvecs[v]
                 assert mv is not None
-                err = err + op.crown_gamma(units) * _absdot(lam, mv[s], False)
+                err = err + op.crown_gamma(EXACT) * _absdot(lam, mv[s], False)
                 if op.bias is not None:
                     full = op.bias.expand(op.out_shape).reshape(-1)
                     const = const + lam.flatten(2) @ full
@@ -181,11 +181,11 @@ def _back_substitute(
         else:  # max
             a = node.args[0]
             new, const, err = _max_step(node.op, bounds[a][0][s], bounds[a][1][s], lam, const,
-                                        err, units)
+                                        err, EXACT)
             acc(a, new)
     if final is None:
         final = lam0.new_zeros((m, r) + dag.in_shape)
-    lo, _ = _concretize(final, False, const, err, inset, units)
+    lo, _ = _concretize(final, False, const, err, inset, EXACT)
     return lo
 
 

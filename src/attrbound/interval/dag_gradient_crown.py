@@ -24,17 +24,19 @@ from attrbound.interval.dag import Dag
 from attrbound.interval.dag_gradient import DagTrace
 from attrbound.interval.forward import _absdot
 from attrbound.interval.gradient_crown import relax_product
-from attrbound.interval.rounding import U64, Units, down, mag, up
+from attrbound.interval.rounding import EXACT, U64, Units, down, mag, up
 
 __all__ = ["dag_crown_gradient"]
 
 
 def dag_crown_gradient(
     dag: Dag, bounds: list[tuple[Tensor, Tensor]], trace: DagTrace, target: Tensor,
-    units: Units, max_elements: int,
+    max_elements: int,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *S] of g (exact backward pass, any derivative states in the
-    boxes), widened by E."""
+    boxes), widened by E. Each step charges the rounding of this bound's own float64
+    arithmetic (units EXACT); the model's rounding of its backward pass is all in E."""
+    units = EXACT
     assert trace.err is not None
     n = trace.err.shape[0]
     k = math.prod(dag.in_shape)

@@ -13,7 +13,7 @@
 Every bound contains the exact value and the value as the model evaluates it: alongside IBP a
 bound e on |evaluated - exact| is propagated, and the CROWN bounds (for the exact network) are
 widened by it; every back-substitution step adds gamma * sum |Lambda| |v|_max for its own
-float64 rounding (attrbound.interval.rounding).
+float64 rounding, gamma at float64's unit (attrbound.interval.rounding.EXACT).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import Tensor
 from attrbound.interval.graph import Net
 from attrbound.interval.ops import Activation, AffineOp
 from attrbound.interval.perturbation import InputSet, first_layer_ball
-from attrbound.interval.rounding import Units, center_radius, down, mag, outward, up
+from attrbound.interval.rounding import EXACT, Units, center_radius, down, mag, outward, up
 
 __all__ = ["MAX_ELEMENTS", "TIGHTENINGS", "crown", "forward"]
 
@@ -112,9 +112,9 @@ def crown(
         lam = lam.reshape((r,) + shape)
         const = lam.new_zeros(r)
         err = lam.new_zeros(n, r)
-        lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err, units)
+        lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err, EXACT)
         if j == 0:
-            lo, hi = _concretize(lam, True, const, err, inset, units)
+            lo, hi = _concretize(lam, True, const, err, inset, EXACT)
             lower[:, cols], upper[:, cols] = lo, hi
             continue
         for n0 in range(0, n, nb):
@@ -127,8 +127,8 @@ def crown(
                                                     lam_s, const_s, err_s, units, shared, nxt)
                 shared = False
                 lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
-                                                       units, counted=nxt is not None)
-            lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s), units)
+                                                       EXACT, counted=nxt is not None)
+            lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s), EXACT)
             lower[s, cols] = lo[:, :r]
             upper[s, cols] = -lo[:, r:]
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
@@ -171,7 +171,8 @@ def _through_block(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lambda . v_out = (Lambda W) . v_in + Lambda . b, layer by layer backwards; each layer adds
     gamma * |Lambda| . (|W| |v_in|_max + |b|) to ``err`` [n, R] (the rounding of Lambda W and of
-    Lambda . b, both dot products). ``counted``: the last layer's term is already in ``err``."""
+    Lambda . b, both dot products; ``units``: of that float64 arithmetic, EXACT). ``counted``:
+    the last layer's term is already in ``err``."""
     for o in range(len(block) - 1, -1, -1):
         op = block[o]
         if not op.exact:
@@ -202,7 +203,8 @@ def _relax_step(
     ``shared``: Lambda [R, *s] is the same for all n inputs and stands for the rows +Lambda and
     -Lambda: the result is [n, 2R, *s] (+rows first). Otherwise Lambda is [n, R, *s].
     The rounding of the new Lambda and constant (including that of a_mid, a_half) adds
-    3 gamma * |Lambda| . (|a|_max |q|_max + |b|_max) + 2 u |const| to ``err``; ``next_op`` =
+    3 gamma * |Lambda| . (|a|_max |q|_max + |b|_max) + 2 u |const| to ``err`` (gamma and u of
+    float64, EXACT; ``units``, the model's, only for the relaxation itself); ``next_op`` =
     (layer, its mvec) whose output is q: its error term gamma |Lambda'| . mvec is added here
     too, with |Lambda'| <= |Lambda| |a|_max (1 + 4u)."""
     a_lo, b_lo, a_up, b_up = act.relax(lo, hi, units)
@@ -214,7 +216,7 @@ def _relax_step(
         cols.append((amax * next_op[1]).flatten(1))
     both = torch.stack(cols, dim=2)  # [n, d, k]
     n, d = both.shape[:2]
-    g = 3 * units.gamma(d)
+    g = 3 * EXACT.gamma(d)
     if shared:
         r = lam.shape[0]
         res = torch.matmul(ab.reshape(r, d), both)  # [n, R, k]
@@ -222,7 +224,7 @@ def _relax_step(
         const = torch.cat([const + dotb + res[..., 0], -const - dotb + res[..., 0]], dim=1)
         add = g * res[..., 1]
         if next_op is not None:
-            add = add + next_op[0].crown_gamma(units) * (1 + 4 * units.u) * res[..., 2]
+            add = add + next_op[0].crown_gamma(EXACT) * (1 + 4 * EXACT.u) * res[..., 2]
         err = torch.cat([err + add, err + add], dim=1)
         shape = lam.shape[1:]
         p = lam.unsqueeze(0) * (0.5 * (a_lo + a_up)).unsqueeze(1)
@@ -236,10 +238,10 @@ def _relax_step(
         const = const + _dot(lam, 0.5 * (b_lo + b_up), False) + res[..., 0]
         err = err + g * res[..., 1]
         if next_op is not None:
-            err = err + next_op[0].crown_gamma(units) * (1 + 4 * units.u) * res[..., 2]
+            err = err + next_op[0].crown_gamma(EXACT) * (1 + 4 * EXACT.u) * res[..., 2]
         new = lam * (0.5 * (a_lo + a_up)).unsqueeze(1)
         new.addcmul_(ab, (0.5 * (a_lo - a_up)).unsqueeze(1))
-    err = err + 2 * units.u * const.abs()
+    err = err + 2 * EXACT.u * const.abs()
     return new, const, err
 
 

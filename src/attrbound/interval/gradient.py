@@ -148,7 +148,7 @@ def gradient_intervals(
     blo, bhi, exhaustive = branch(sites, fixed, branches, lo, hi, evaluate, chunk)
     if relaxation == "crown":
         _relax_rest(blo, bhi, exhaustive, lambda rest: crown_gradient(
-            net, trace.subset(rest), target[rest], units, max_elements, lo[rest]))
+            net, trace.subset(rest), target[rest], max_elements, lo[rest]))
     return blo, bhi
 
 
@@ -190,7 +190,7 @@ def _dag_intervals(
     if relaxation == "crown":
         _relax_rest(blo, bhi, exhaustive, lambda rest: dag_crown_gradient(
             dag, [(b[0][rest], b[1][rest]) for b in bounds], trace.subset(rest), target[rest],
-            units, max_elements))
+            max_elements))
     return blo, bhi
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from attrbound.interval.forward import _absdot
 from attrbound.interval.graph import Net
-from attrbound.interval.rounding import U64, Units, down, mag, up
+from attrbound.interval.rounding import EXACT, U64, Units, down, mag, up
 
 __all__ = ["GradTrace", "crown_gradient", "relax_product"]
 
@@ -78,11 +78,13 @@ def relax_product(dl: Tensor, du: Tensor, yl: Tensor, yu: Tensor
 
 
 def crown_gradient(
-    net: Net, trace: GradTrace, target: Tensor, units: Units, max_elements: int,
-    in_lo: Tensor,
+    net: Net, trace: GradTrace, target: Tensor, max_elements: int, in_lo: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *S] of the exact g (any d in the boxes), widened by E.
-    ``in_lo`` only gives the shape, dtype and device of the inputs' intervals."""
+    ``in_lo`` only gives the shape, dtype and device of the inputs' intervals. The rounding
+    charged to each step is that of this bound's own float64 arithmetic (units EXACT); the
+    model's rounding of its backward pass is all in E."""
+    units = EXACT
     n = in_lo.shape[0]
     shape = net.in_shape
     k = math.prod(shape)

@@ -18,11 +18,13 @@ a float32 CUDA computation may use it), by the standard rounding model, with u =
 - an absolute term (n + 2) * 4 * tiny (smallest normal number) per operation covers underflow.
 
 The CROWN linear bounds are for the exact network; they are widened by an a-priori bound on the
-model's own evaluation error of each pre-activation (propagated forward alongside IBP), and
-their float64 computation adds gamma * sum |Lambda| |v| per back-substitution step. The cost of
-these margins is a floor on the width of the intervals: about 1e-5 relative for float32 models,
-1e-13 for float64. With ``evaluation="exact"`` the margins cover only exact arithmetic (and the
-float64 rounding of the bound itself).
+model's own evaluation error of each pre-activation (propagated forward alongside IBP; for the
+gradient, E of the backward pass), and their float64 computation adds gamma * sum |Lambda| |v|
+per back-substitution step, with gamma at float64's unit (:data:`EXACT`): the model's rounding
+is all in the a-priori bound. The cost of these margins is a floor on the width of the
+intervals: about 1e-5 relative for float32 models, 1e-13 for float64. With
+``evaluation="exact"`` the margins cover only exact arithmetic (and the float64 rounding of the
+bound itself).
 """
 
 from __future__ import annotations
