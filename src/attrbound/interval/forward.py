@@ -54,7 +54,7 @@ def forward(
         mvecs.append(mv)
         tight: tuple[Tensor, Tensor] | None = None
         if i == 0 and inset.radius is not None:
-            tight = first_layer_ball(net, inset, units)
+            tight = first_layer_ball(net, inset, EXACT)  # widened by e below
         if tight is None and (tightening == "crown" or (i == 0 and inset.radius is not None)):
             only = possibly_active(hi) if act.zero_below else None  # see crown
             if only is None or only.numel() > 0:

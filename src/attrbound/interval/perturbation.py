@@ -88,7 +88,8 @@ def first_layer_ball(net: Net, inset: InputSet, units: Units) -> tuple[Tensor, T
     """The exact l2 bound of q_0 = W z + b when blocks[0] is one Linear or Conv2d (plus reshapes):
     q_0 in W x + b -/+ rho ||W_i||_2, the row norms from the squared weights (for a convolution,
     the kernel restricted to the input patch: conv(1, W^2)). None for other first blocks and
-    for sets without a ball."""
+    for sets without a ball. ``units``: of its own float64 arithmetic (the caller passes
+    EXACT and widens the result by the model's evaluation error of q_0)."""
     ops = net.blocks[0]
     real = [op for op in ops if not op.exact]
     if len(real) != 1 or not isinstance(real[0], (Linear, Conv2d)) or inset.center is None:
