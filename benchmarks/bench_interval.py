@@ -255,10 +255,11 @@ def tightness(args: argparse.Namespace, log: Any) -> str:
                               {"steps": 32}, "crown")
             ig32 = f"{secs:.1f} s, certified euclidean {float(res.euclidean[0]):.3g}"
             log(f"IG 32: {ig32}")
+    ig32_flag = " --ig32" if args.ig32 else ""
     return f"""## Tightness table (issue 15 models, CROWN, graph path for the ResNet)
 
 Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_interval.py --tightness \
---images {args.images} --threads {args.threads}`; commit {_commit()}; load average
+--images {args.images} --threads {args.threads}{ig32_flag}`; commit {_commit()}; load average
 {os.getloadavg()[0]:.2f} at the end (on this 2-core machine, above about 2 means other jobs
 shared the cores and the timings are inflated).
 
