@@ -765,16 +765,10 @@ def _pattern_union(model: nn.Sequential, x: torch.Tensor, eps: float, target: to
     return torch.stack(los).reshape(x.shape), torch.stack(his).reshape(x.shape)
 
 
-def test_branch_and_bound_exhaustive_on_few_unstable_neurons():
-    """<= 10 unstable neurons, every pattern enumerated: the intervals contain every sampled
-    map (>= the brute-force max), lie inside the unbranched ones, and equal the union over the
-    linearised pattern set (up to float64 rounding)."""
-    model = _small_relu()
-    x = _inputs(0)
-    eps = 0.2
-    t = attributions.predict(model, x)
-    with torch.no_grad():
-        ref_lo, ref_hi = _pattern_union(model, x, eps, t)
+def _check_exhaustive(model, x, eps, t, ref_lo, ref_hi) -> None:
+    """Branch and bound with a budget that enumerates every pattern: the intervals contain
+    sampled maps, lie inside (and are narrower than) the unbranched ones, and equal the
+    enumerated union [ref_lo, ref_hi] up to float64 rounding."""
     one = attribution_intervals(model, x, eps=eps, norm="inf", gradient_relaxation="interval",
                                 branches=1)
     bab = attribution_intervals(model, x, eps=eps, norm="inf", gradient_relaxation="interval",
@@ -787,6 +781,19 @@ def test_branch_and_bound_exhaustive_on_few_unstable_neurons():
     scale = ref_hi.abs().max()
     assert torch.all(lo <= ref_lo) and torch.all(hi >= ref_hi)
     assert torch.all(lo >= ref_lo - 1e-12 * scale) and torch.all(hi <= ref_hi + 1e-12 * scale)
+
+
+def test_branch_and_bound_exhaustive_on_few_unstable_neurons():
+    """<= 10 unstable neurons, every pattern enumerated: the intervals contain every sampled
+    map (>= the brute-force max), lie inside the unbranched ones, and equal the union over the
+    linearised pattern set (up to float64 rounding)."""
+    model = _small_relu()
+    x = _inputs(0)
+    eps = 0.2
+    t = attributions.predict(model, x)
+    with torch.no_grad():
+        ref_lo, ref_hi = _pattern_union(model, x, eps, t)
+    _check_exhaustive(model, x, eps, t, ref_lo, ref_hi)
     _check_sound(model, x, eps, "inf", "saliency", "crown", seed=2)
 
 
@@ -1127,15 +1134,4 @@ def test_branch_and_bound_over_a_graph_is_exhaustive_on_few_unstable_neurons():
         g = torch.stack(grads)
         ref_lo.append(g.amin(0)), ref_hi.append(g.amax(0))
     ref_lo, ref_hi = torch.stack(ref_lo), torch.stack(ref_hi)
-    one = attribution_intervals(model, x, eps=eps, norm="inf", gradient_relaxation="interval",
-                                branches=1)
-    bab = attribution_intervals(model, x, eps=eps, norm="inf", gradient_relaxation="interval",
-                                branches=1024)
-    lo, hi = bab[0], bab[1]
-    maps = maps_at(attribution("saliency", model), set_points(x, eps, "inf", 2000, 0), t)
-    assert ((maps >= lo) & (maps <= hi)).all()
-    assert torch.all(lo >= one[0]) and torch.all(hi <= one[1])
-    assert float((hi - lo).sum()) < float((one[1] - one[0]).sum())
-    scale = ref_hi.abs().max()
-    assert torch.all(lo <= ref_lo) and torch.all(hi >= ref_hi)
-    assert torch.all(lo >= ref_lo - 1e-12 * scale) and torch.all(hi <= ref_hi + 1e-12 * scale)
+    _check_exhaustive(model, x, eps, t, ref_lo, ref_hi)
