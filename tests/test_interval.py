@@ -1135,3 +1135,37 @@ def test_branch_and_bound_over_a_graph_is_exhaustive_on_few_unstable_neurons():
         ref_lo.append(g.amin(0)), ref_hi.append(g.amax(0))
     ref_lo, ref_hi = torch.stack(ref_lo), torch.stack(ref_hi)
     _check_exhaustive(model, x, eps, t, ref_lo, ref_hi)
+
+
+def test_a_tiny_memory_budget_changes_no_interval():
+    """max_elements below one example's widest tensor: every pass runs one row at a time
+    (branch passes included) and gives the default budget's intervals (up to float64
+    rounding), never empty ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 40), nn.ReLU(), nn.Linear(40, 3)).double()
+    model = model.eval()
+    x = _inputs(1)
+    small = attribution_intervals(model, x, eps=0.05, norm="inf", max_elements=200)
+    default = attribution_intervals(model, x, eps=0.05, norm="inf")
+    for a, b in zip(small, default, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)
+    assert torch.all(small[0] <= small[1]) and torch.all(small[2] <= small[3])
+
+
+def test_an_activation_the_gradient_never_reaches_is_ignored():
+    """A forward that computes F.relu(h) and never uses it: the graph's gradient pass skips
+    that node, and branching has nothing to branch on there; the bound is sound."""
+
+    class Dead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(32, 5), nn.Linear(5, 3), nn.Linear(5, 5)
+
+        def forward(self, z):
+            h = self.a(z.flatten(1))
+            F.relu(h)  # unused
+            return self.b(F.relu(self.c(torch.tanh(h))))
+
+    torch.manual_seed(0)
+    model = Dead().double().eval()
+    _check_sound(model, _inputs(0), 0.05, "inf", "saliency", "crown", seed=0)

@@ -49,6 +49,7 @@ def branch(
     input whose other derivatives are all fixed (``fixed`` [N], bool)."""
     n = lo.shape[0]
     dev = lo.device
+    chunk = max(1, chunk)  # rows per gradient pass (the caller's memory budget may round to 0)
     if not sites:
         return lo, hi, fixed.clone()
     flat_lo = torch.cat([s[0].flatten(1) for s in sites], 1)  # [N, T]
@@ -78,7 +79,7 @@ def branch(
     first[has] = torch.arange(has.numel(), device=dev)
     ulo = torch.full_like(blo, math.inf)
     uhi = torch.full_like(bhi, -math.inf)
-    for r0 in range(0, inputs.numel(), max(1, chunk)):
+    for r0 in range(0, inputs.numel(), chunk):
         rows = inputs[r0: r0 + chunk]
         pos = chosen[rows]
         val = bits[r0: r0 + chunk].to(flat_lo.dtype)

@@ -166,9 +166,12 @@ def _dag_intervals(
     lo, hi = _meet(lo, hi, xlo, xhi, trace.err)
     acts = [v for v, nd in enumerate(dag.nodes) if nd.kind == "act"]
     pooled = {nd.args[0] for nd in dag.nodes if nd.kind == "max"}
-    relu = [v for v in acts if dag.nodes[v].op.kind == "relu"]
+    # an activation no gradient reaches (its output unused) has no derivative box: nothing to
+    # branch on, and it is fixed (it does not take part in g)
+    relu = [v for v in acts if dag.nodes[v].op.kind == "relu" and v in derivs]
     sites: list[Site] = [(*derivs[v], mag(*trace.grads[v])) for v in relu]
-    fixed = torch.full((lo.shape[0],), len(relu) == len(acts), device=lo.device)
+    reached = [v for v in acts if v in derivs]
+    fixed = torch.full((lo.shape[0],), len(relu) == len(reached), device=lo.device)
     for nd in dag.nodes:
         if nd.kind == "max":
             surely, possibly = nd.op.deriv_states(*bounds[nd.args[0]])
