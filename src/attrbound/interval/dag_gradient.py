@@ -7,8 +7,9 @@ their derivative range (:func:`attrbound.interval.rounding.mul`), add to both su
 split along its dimension, a max pool to the positions that may hold each window's max
 (derivative in [surely, possibly], both 0 or 1, so the products are exact; the fold of
 overlapping windows is widened by 2 gamma_overlap |G|). Where a node is used several times the
-arriving intervals are summed, widened by u |sum| (the model's backward adds them in its own
-format, the bound in float64: u counts both) and rounded outward.
+arriving intervals are summed (each float64 addition rounded outward) and widened by the
+model's rounding of that sum in its own format and in any order: u |sum| for two terms (one
+addition, commutative), gamma_{k-1} sum |term| for k >= 3.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attrbound.interval.dag import Dag
-from attrbound.interval.rounding import U64, Units, mag, mul, outward, up
+from attrbound.interval.rounding import U64, Units, down, mag, mul, outward, up
 
 __all__ = ["DagTrace", "dag_gradient"]
 
@@ -55,28 +56,46 @@ def dag_gradient(
     if given, replaces the derivative ranges of the act nodes (their bounds are then unused,
     entries may be None). With
     ``trace``, also E: through op^T |op^T| E (1 + gamma) + gamma |op^T| |G|; times d,
-    |d|_max E + 2 u |d G|_max; summed at fan-outs, plus u |sum|."""
+    |d|_max E + 2 u |d G|_max; summed at fan-outs, plus the model's rounding of that sum in
+    any order (:func:`settle`)."""
     k = dag.out_shape[0]
     one = F.one_hot(target, k).to(torch.float64)
     grads: dict[int, tuple[Tensor, Tensor]] = {len(dag.nodes) - 1: (one, one.clone())}
     errs: dict[int, Tensor] = {len(dag.nodes) - 1: torch.zeros_like(one)}
 
+    absum: dict[int, Tensor] = {}  # sum of the arriving terms' magnitudes
+    count: dict[int, int] = {}
+
     def acc(t: int, lo: Tensor, hi: Tensor, e: Tensor | None = None) -> None:
+        size = mag(lo, hi)
         if t in grads:
-            lo, hi = grads[t][0] + lo, grads[t][1] + hi
-            lo, hi = outward(lo, hi, units.u * mag(lo, hi) + units.abs_tiny(2))
+            lo, hi = down(grads[t][0] + lo), up(grads[t][1] + hi)
+            size = up(absum[t] + size)
             if e is not None:
-                e = up((errs[t] + e) * (1 + 4 * U64) + units.u * mag(lo, hi)
-                       + units.abs_tiny(2))
-        grads[t] = (lo, hi)
+                e = up(errs[t] + e)
+        grads[t], absum[t] = (lo, hi), size
+        count[t] = count.get(t, 0) + 1
         if e is not None:
             errs[t] = e
+
+    def settle(v: int, lo: Tensor, hi: Tensor, e: Tensor | None
+               ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The model sums the k terms arriving at v in an order of its own: one addition
+        (k = 2) errs by u |sum| whatever the order, k terms by gamma_{k-1} sum |term|."""
+        k, size = count.pop(v, 1), absum.pop(v, None)
+        if k < 2 or size is None:
+            return lo, hi, e
+        slack = (units.u * mag(lo, hi) if k == 2 else units.gamma(k - 1) * size)
+        slack = slack + units.abs_tiny(k)
+        lo, hi = outward(lo, hi, slack)
+        return lo, hi, None if e is None else up(e + slack)
 
     for v in range(len(dag.nodes) - 1, -1, -1):
         if v not in grads:
             continue
         glo, ghi = grads.pop(v)
         e = errs.pop(v, None) if trace is not None else None
+        glo, ghi, e = settle(v, glo, ghi, e)
         node = dag.nodes[v]
         if trace is not None:
             trace.grads[v] = (glo, ghi)
