@@ -32,6 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from attrbound.errors import AttrboundError
 from attrbound.interval.graph import Net, NotAChain
 from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
+from attrbound.interval.ops.affine import Elementwise
 from attrbound.interval.ops.pooling import AdaptiveAvgPool2d, MaxPool2d, Mean
 from attrbound.interval.ops.reshape import Reshape
 
@@ -41,12 +42,18 @@ SUPPORTED_NODES = (
     "modules " + SUPPORTED_LAYERS.split(" (")[0] + ", MaxPool2d, AdaptiveAvgPool2d, Identity, "
     "Dropout (eval); functions relu, leaky_relu, tanh, sigmoid, softplus, elu, gelu, "
     "max_pool2d, avg_pool2d, "
-    "adaptive_avg_pool2d, mean, add / + of two tensors, cat, flatten, view, reshape, "
-    "contiguous, dropout (eval)"
+    "adaptive_avg_pool2d, mean, add / + of two tensors, + - * / of a tensor and a constant "
+    "(a number, a parameter or a buffer broadcast over the batch), negation, cat, flatten, "
+    "view, reshape, contiguous, dropout (eval)"
 )
 
 _RELU = {F.relu, torch.relu, "relu", "relu_", torch.relu_}
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
+_SUB = {operator.sub, operator.isub, torch.sub, "sub", "sub_", "__sub__", "__isub__"}
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__imul__"}
+_DIV = {operator.truediv, operator.itruediv, torch.div, "div", "div_", "__truediv__",
+        "__itruediv__"}
+_NEG = {operator.neg, torch.neg, "neg", "__neg__"}
 _CAT = {torch.cat, torch.concat}
 _RESHAPE = {torch.flatten, "flatten", "view", "reshape", torch.reshape}
 _SKIP = {"contiguous", "clone", "detach"}
@@ -92,6 +99,7 @@ class Dag:
 
     def __init__(self, model: nn.Module, x64: Tensor, device: torch.device) -> None:
         self.in_shape = tuple(int(s) for s in x64.shape[1:])
+        self._device = device
         try:
             gm = fx.symbolic_trace(model)
         except Exception as exc:  # fx raises many types for untraceable code
@@ -104,7 +112,15 @@ class Dag:
         ShapeProp(gm).propagate(example)
         self.nodes: list[Node] = []
         index: dict[fx.Node, int] = {}
+        self.consts: dict[fx.Node, Tensor] = {}  # parameters and buffers used as tensors
         for n in gm.graph.nodes:
+            if n.op == "get_attr":
+                value = gm
+                for part in str(n.target).split("."):
+                    value = getattr(value, part)
+                if isinstance(value, Tensor):
+                    self.consts[n] = value.detach().to(device=device, dtype=torch.float64)
+                    continue
             if n.op == "output":
                 out = n.args[0]
                 if not isinstance(out, fx.Node) or out not in index:
@@ -174,10 +190,15 @@ class Dag:
         if src is None:
             raise _unsupported(n, f"{target}: no input-dependent tensor argument")
         ins = self.nodes[src].shape
+        if target in _ADD | _SUB | _MUL | _DIV | _NEG:
+            op = self._constant_op(n, target, index, ins, shape)
+            if op is not None:
+                return Node("affine", (src,), shape, op, name=n.name)
         if target in _ADD:
             others = [a for a in n.args[1:2] if isinstance(a, fx.Node) and a in index]
             if len(others) != 1 or n.kwargs.get("alpha", 1) != 1:
-                raise _unsupported(n, "add of a tensor and a constant")
+                raise _unsupported(n, "add with alpha, or a constant broadcasting the tensor "
+                                   "to a larger shape")
             b = index[others[0]]
             if self.nodes[b].shape != ins or ins != shape:
                 raise _unsupported(n, "add with broadcasting")
@@ -209,6 +230,53 @@ class Dag:
             return Node("affine", (src,), shape, op, name=n.name)
         name = getattr(target, "__name__", str(target))
         raise _unsupported(n, f"function {name}")
+
+    def _constant_op(self, n: fx.Node, target: Any, index: dict[fx.Node, int],
+                     ins: tuple[int, ...], shape: tuple[int, ...]) -> Elementwise | None:
+        """The op of a tensor + - * / a constant (or -tensor), or None when both operands
+        depend on the input (two-tensor add: a graph node; other products are refused)."""
+        if target in _NEG:
+            one = torch.ones(ins, dtype=torch.float64, device=self._device)
+            return Elementwise(-one, torch.zeros_like(one), ins, n.name)
+        args = list(n.args[:2])
+        if len(args) != 2 or n.kwargs.get("alpha", 1) != 1 or ins != shape:
+            return None
+        first = isinstance(args[0], fx.Node) and args[0] in index
+        second = isinstance(args[1], fx.Node) and args[1] in index
+        if first == second:
+            return None
+        k = self._constant(n, args[1] if first else args[0], shape)
+        one = torch.ones(shape, dtype=torch.float64, device=k.device)
+        if target in _ADD:
+            return Elementwise(one, k, ins, n.name)
+        if target in _SUB:
+            return Elementwise(one, -k, ins, n.name) if first else Elementwise(-one, k, ins,
+                                                                                n.name)
+        if target in _MUL:
+            return Elementwise(k, torch.zeros_like(one), ins, n.name)
+        if not first:
+            raise _unsupported(n, "a constant divided by a tensor")
+        if (k == 0).any():
+            raise _unsupported(n, "a division by a constant with zeros")
+        return Elementwise(1 / k, torch.zeros_like(one), ins, n.name)
+
+    def _constant(self, n: fx.Node, arg: Any, shape: tuple[int, ...]) -> Tensor:
+        """A constant operand (number, parameter or buffer) broadcast to one example's shape
+        (float64); a constant with its own batch dimension other than 1 is refused."""
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return torch.full(shape, float(arg), dtype=torch.float64, device=self._device)
+        if isinstance(arg, fx.Node) and arg in self.consts:
+            k = self.consts[arg]
+            if k.dim() == len(shape) + 1:
+                if k.shape[0] != 1:
+                    raise _unsupported(n, "a constant with a batch dimension")
+                k = k[0]
+            try:
+                return torch.broadcast_to(k, shape).clone()
+            except RuntimeError:
+                raise _unsupported(n, f"a constant shaped {tuple(k.shape)} that does not "
+                                   f"broadcast to {shape}") from None
+        raise _unsupported(n, "an operand that is neither the input's tensor nor a constant")
 
     @staticmethod
     def _functional(n: fx.Node, target: Any) -> nn.Module | None:

@@ -158,3 +158,25 @@ class BatchNorm(AffineOp):
 
     transpose = linear
     abs_transpose = abs_linear
+
+
+class Elementwise(AffineOp):
+    """v -> a * v + c with constants a, c of the per-example shape: a tensor plus, minus, times
+    or divided by a constant (input normalisation (x - mean) / std, scalings). For a division
+    a = 1 / s in float64, so, as for BatchNorm, fan = 8 covers a's rounding and the shift's."""
+
+    def __init__(self, a: Tensor, c: Tensor, in_shape: tuple[int, ...], name: str) -> None:
+        super().__init__(in_shape)
+        self.name = name
+        self.a, self.a_abs = a, a.abs()
+        self.bias, self.err_bias = c, c.abs()
+        self.fan = 8
+
+    def linear(self, v: Tensor) -> Tensor:
+        return v * self.a
+
+    def abs_linear(self, v: Tensor) -> Tensor:
+        return v * self.a_abs
+
+    transpose = linear
+    abs_transpose = abs_linear
