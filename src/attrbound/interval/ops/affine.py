@@ -119,47 +119,6 @@ class Conv2d(AffineOp):
         return self._t(self.w_abs, v)
 
 
-@register(nn.BatchNorm1d, nn.BatchNorm2d)
-class BatchNorm(AffineOp):
-    """Eval-mode batch norm: v -> s (v - mean) + beta per channel (dim 1), s = w / sqrt(var + e)."""
-
-    def __init__(self, m: nn.modules.batchnorm._BatchNorm, in_shape: tuple[int, ...],
-                 device: torch.device) -> None:
-        super().__init__(in_shape)
-        self.name = type(m).__name__
-        f64 = {"device": device, "dtype": torch.float64}
-        c = m.num_features
-        w = m.weight.detach().to(**f64) if m.weight is not None else torch.ones(c, **f64)
-        beta = m.bias.detach().to(**f64) if m.bias is not None else torch.zeros(c, **f64)
-        mean, var = m.running_mean.to(**f64), m.running_var.to(**f64)
-        view = (c,) + (1,) * (len(in_shape) - 1)
-        s = w / torch.sqrt(var + m.eps)
-        self.s, self.s_abs = s.view(view), s.abs().view(view)
-        self.bias = (beta - mean * s).view(view)
-        self.err_bias = (beta.abs() + (mean * s).abs()).view(view)
-        self.fan = 8  # s itself and the shift carry a few roundings
-
-    @classmethod
-    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
-                    path: str) -> BatchNorm:
-        assert isinstance(m, nn.modules.batchnorm._BatchNorm)
-        if m.training or m.running_mean is None:
-            raise AttrboundError(
-                f"layer {path} ({type(m).__name__}) must be in eval mode with "
-                "running statistics; call model.eval()."
-            )
-        return cls(m, in_shape, device)
-
-    def linear(self, v: Tensor) -> Tensor:
-        return v * self.s
-
-    def abs_linear(self, v: Tensor) -> Tensor:
-        return v * self.s_abs
-
-    transpose = linear
-    abs_transpose = abs_linear
-
-
 class Elementwise(AffineOp):
     """v -> a * v + c with constants a, c of the per-example shape: a tensor plus, minus, times
     or divided by a constant (input normalisation (x - mean) / std, scalings). For a division
@@ -180,3 +139,33 @@ class Elementwise(AffineOp):
 
     transpose = linear
     abs_transpose = abs_linear
+
+
+@register(nn.BatchNorm1d, nn.BatchNorm2d)
+class BatchNorm(Elementwise):
+    """Eval-mode batch norm: v -> s (v - mean) + beta per channel (dim 1), s = w / sqrt(var + e)."""
+
+    def __init__(self, m: nn.modules.batchnorm._BatchNorm, in_shape: tuple[int, ...],
+                 device: torch.device) -> None:
+        f64 = {"device": device, "dtype": torch.float64}
+        c = m.num_features
+        w = m.weight.detach().to(**f64) if m.weight is not None else torch.ones(c, **f64)
+        beta = m.bias.detach().to(**f64) if m.bias is not None else torch.zeros(c, **f64)
+        mean, var = m.running_mean.to(**f64), m.running_var.to(**f64)
+        view = (c,) + (1,) * (len(in_shape) - 1)
+        s = w / torch.sqrt(var + m.eps)  # s itself and the shift carry a few roundings: fan 8
+        super().__init__(s.view(view), (beta - mean * s).view(view), in_shape, type(m).__name__)
+        self.err_bias = (beta.abs() + (mean * s).abs()).view(view)
+
+    @classmethod
+    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
+                    path: str) -> BatchNorm:
+        assert isinstance(m, nn.modules.batchnorm._BatchNorm)
+        if m.training or m.running_mean is None:
+            raise AttrboundError(
+                f"layer {path} ({type(m).__name__}) must be in eval mode with "
+                "running statistics; call model.eval()."
+            )
+        return cls(m, in_shape, device)
+
+
