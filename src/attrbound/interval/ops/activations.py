@@ -78,12 +78,6 @@ class LeakyReLU(Activation):
         self.kind = "convex" if self.a <= 1 else "none"
         self.zero_below = self.a == 0
 
-    @classmethod
-    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
-                    path: str) -> LeakyReLU:
-        assert isinstance(m, nn.LeakyReLU)
-        return cls(m)
-
     def value(self, x: Tensor) -> Tensor:
         return torch.where(x > 0, x, self.a * x)
 
@@ -115,12 +109,6 @@ class Softplus(Activation):
         # above the threshold torch returns q = s(q) - log1p(exp(-beta q)) / beta
         self.jump = math.log1p(math.exp(-self.threshold)) / self.beta * (1 + 1e-12) + 1e-300
 
-    @classmethod
-    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
-                    path: str) -> Softplus:
-        assert isinstance(m, nn.Softplus)
-        return cls(m)
-
     def value(self, x: Tensor) -> Tensor:
         return x.clamp_min(0) + torch.log1p(torch.exp(-self.beta * x.abs())) / self.beta
 
@@ -150,12 +138,6 @@ class ELU(Activation):
         if not self.alpha > 0:
             raise AttrboundError(f"the interval method needs ELU alpha > 0, got {self.alpha}.")
         self.kind = "convex" if self.alpha <= 1 else "none"
-
-    @classmethod
-    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
-                    path: str) -> ELU:
-        assert isinstance(m, nn.ELU)
-        return cls(m)
 
     def value(self, x: Tensor) -> Tensor:
         return torch.where(x > 0, x, self.alpha * torch.expm1(x.clamp(max=0)))
@@ -271,12 +253,6 @@ class GELU(Activation):
         if m.approximate != "none":
             raise AttrboundError("the interval method supports GELU(approximate='none') only, "
                                  f"got approximate={m.approximate!r}.")
-
-    @classmethod
-    def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
-                    path: str) -> GELU:
-        assert isinstance(m, nn.GELU)
-        return cls(m)
 
     def value(self, x: Tensor) -> Tensor:
         return 0.5 * x * torch.erfc(-x / math.sqrt(2))

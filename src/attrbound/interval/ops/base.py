@@ -128,11 +128,14 @@ class Activation:
     #: outputs [0, 0] whatever its width, so CROWN need not bound it
     zero_below = False
 
+    def __init__(self, m: nn.Module | None = None) -> None:
+        """Parameter-free activations ignore the module; parametrised ones read theirs."""
+
     @classmethod
     def from_module(cls, m: nn.Module, in_shape: tuple[int, ...], device: torch.device,
                     path: str) -> Activation | None:
         """The activation for layer ``m`` (elementwise: the shape is unchanged)."""
-        return cls()
+        return cls(m)
 
     def value(self, x: Tensor) -> Tensor:
         raise NotImplementedError
