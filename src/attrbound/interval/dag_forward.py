@@ -181,19 +181,19 @@ def _back_substitute(
         else:  # max
             a = node.args[0]
             new, const, err = _max_step(node.op, bounds[a][0][s], bounds[a][1][s], lam, const,
-                                        err, EXACT)
+                                        err)
             acc(a, new)
     if final is None:
         final = lam0.new_zeros((m, r) + dag.in_shape)
-    lo, _ = _concretize(final, False, const, err, inset, EXACT)
+    lo, _ = _concretize(final, False, const, err, inset)
     return lo
 
 
-def _max_step(op, lo: Tensor, hi: Tensor, lam: Tensor, const: Tensor, err: Tensor,
-              units: Units) -> tuple[Tensor, Tensor, Tensor]:
+def _max_step(op, lo: Tensor, hi: Tensor, lam: Tensor, const: Tensor, err: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """Lambda . y >= (Lambda+ + Lambda- [dominant]) . x_j* + Lambda- [not dominant] . max hi
     (y = max pool of x; MaxPool2d.relax). The fold of overlapping windows and the constant's
-    dot product are charged to ``err``."""
+    dot product (float64 arithmetic: gamma at float64's unit) are charged to ``err``."""
     m, r = lam.shape[:2]
     jstar, dom, top = op.relax(lo, hi)  # [m, C, L]
     c, nw = jstar.shape[1:]
@@ -204,11 +204,11 @@ def _max_step(op, lo: Tensor, hi: Tensor, lam: Tensor, const: Tensor, err: Tenso
     topv = top.unsqueeze(1)
     const = const + (neg * topv).flatten(2).sum(2)
     d = c * nw
-    err = err + 2 * units.gamma(d) * (neg.abs() * topv.abs()).flatten(2).sum(2)
+    err = err + 2 * EXACT.gamma(d) * (neg.abs() * topv.abs()).flatten(2).sum(2)
     js = jstar.repeat_interleave(r, dim=0)
     new = op.scatter(coef.reshape(m * r, c, nw), js).reshape((m, r) + op.in_shape)
     if op.overlap > 1:
         absn = op.scatter(coef.abs().reshape(m * r, c, nw), js).reshape((m, r) + op.in_shape)
-        err = err + 2 * units.gamma(op.overlap) * _absdot(absn, mag(lo, hi), False)
-    err = err + 2 * units.u * const.abs()
+        err = err + 2 * EXACT.gamma(op.overlap) * _absdot(absn, mag(lo, hi), False)
+    err = err + 2 * EXACT.u * const.abs()
     return new, const, err

@@ -112,9 +112,9 @@ def crown(
         lam = lam.reshape((r,) + shape)
         const = lam.new_zeros(r)
         err = lam.new_zeros(n, r)
-        lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err, EXACT)
+        lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err)
         if j == 0:
-            lo, hi = _concretize(lam, True, const, err, inset, EXACT)
+            lo, hi = _concretize(lam, True, const, err, inset)
             lower[:, cols], upper[:, cols] = lo, hi
             continue
         for n0 in range(0, n, nb):
@@ -127,8 +127,8 @@ def crown(
                                                     lam_s, const_s, err_s, units, shared, nxt)
                 shared = False
                 lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
-                                                       EXACT, counted=nxt is not None)
-            lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s), EXACT)
+                                                       counted=nxt is not None)
+            lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s))
             lower[s, cols] = lo[:, :r]
             upper[s, cols] = -lo[:, r:]
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
@@ -167,17 +167,17 @@ def _dot(lam: Tensor, vec: Tensor, shared: bool) -> Tensor:
 
 def _through_block(
     block: list[AffineOp], mv: list[Tensor], lam: Tensor, shared: bool, const: Tensor,
-    err: Tensor, units: Units, counted: bool = False,
+    err: Tensor, counted: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lambda . v_out = (Lambda W) . v_in + Lambda . b, layer by layer backwards; each layer adds
     gamma * |Lambda| . (|W| |v_in|_max + |b|) to ``err`` [n, R] (the rounding of Lambda W and of
-    Lambda . b, both dot products; ``units``: of that float64 arithmetic, EXACT). ``counted``:
-    the last layer's term is already in ``err``."""
+    Lambda . b, both float64 dot products: gamma at float64's unit, EXACT). ``counted``: the
+    last layer's term is already in ``err``."""
     for o in range(len(block) - 1, -1, -1):
         op = block[o]
         if not op.exact:
             if not (counted and o == len(block) - 1):
-                err = err + op.crown_gamma(units) * _absdot(lam, mv[o], shared)
+                err = err + op.crown_gamma(EXACT) * _absdot(lam, mv[o], shared)
             if op.bias is not None:
                 full = op.bias.expand(op.out_shape).reshape(-1)
                 const = const + lam.flatten(-len(op.out_shape)) @ full
@@ -246,12 +246,12 @@ def _relax_step(
 
 
 def _concretize(
-    lam: Tensor, shared: bool, const: Tensor, err: Tensor, inset: InputSet, units: Units
+    lam: Tensor, shared: bool, const: Tensor, err: Tensor, inset: InputSet
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [n, R] of const + Lambda . z - / + err over the box (and the l2
     ball): Lambda . c -/+ |Lambda| . r, and Lambda . x -/+ rho ||Lambda||_2."""
     d = math.prod(inset.lo.shape[1:])
-    gd = units.gamma(d)
+    gd = EXACT.gamma(d)  # the bound's own float64 dot products
     c, rad = center_radius(inset.lo, inset.hi)
     ball = inset.radius is not None and inset.center is not None
     flat = lam.reshape(lam.shape[: 1 if shared else 2] + (d,))
@@ -276,5 +276,5 @@ def _concretize(
         hi = torch.minimum(hi, dotx + reach + slack)
     if const.dim() == 1:
         const = const.unsqueeze(0)
-    margin = 4 * units.u * (const.abs() + mag(lo, hi) + err) + units.abs_tiny(d)
+    margin = 4 * EXACT.u * (const.abs() + mag(lo, hi) + err) + EXACT.abs_tiny(d)
     return down(const + lo - err - margin), up(const + hi + err + margin)
