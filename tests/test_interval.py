@@ -943,17 +943,17 @@ def _cifar16(b: int = 4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("case", ["resnet-l2", "resnet-linf", "chain-l2", "chain-linf"])
-def test_crown_skipping_inactive_relu_neurons_changes_no_bound(monkeypatch, case):
-    """CROWN leaves the neurons IBP puts at q <= 0 before a ReLU to IBP (they output exactly
-    0); bounding every neuron instead gives bit-equal results, on a residual graph with
-    BatchNorm (CIFAR images at 16 x 16) and on a chain, in float32. Skipping the stably
-    ACTIVE neurons too is sound but not neutral (their IBP widths compound into the
-    magnitudes the later rounding terms scale with): on the resnet-l2 case it loosened one
-    certified euclidean by 0.6%, which this test catches."""
+def test_crown_skipping_stable_relu_neurons_changes_no_bound(monkeypatch, case):
+    """CROWN leaves to IBP the neurons IBP puts at q <= 0 before a ReLU (they output exactly
+    0), and on box sets (l-inf) also those it puts at q > 0 (their relaxation is the identity
+    whatever their interval); bounding every neuron instead gives bit-equal results, on a
+    residual graph with BatchNorm (CIFAR images at 16 x 16) and on a chain, in float32. On
+    l2 sets the stably active neurons are bounded: skipping them too loosened the resnet-l2
+    case's certified euclidean by 0.6% when it was tried, which this test would catch."""
     from attrbound.interval import dag_forward, forward
 
-    def every(hi: torch.Tensor) -> torch.Tensor:
-        return torch.arange(hi[0].numel(), device=hi.device)
+    def every(act, lo, hi, inset):
+        return None
 
     if case.startswith("resnet"):
         torch.manual_seed(1)
@@ -966,8 +966,8 @@ def test_crown_skipping_inactive_relu_neurons_changes_no_bound(monkeypatch, case
         norm, eps = ("2", 0.1) if case.endswith("l2") else ("inf", 0.02)
     skip = interval_bound(model, x, eps=eps, norm=norm)
     with monkeypatch.context() as mp:
-        mp.setattr(forward, "possibly_active", every)
-        mp.setattr(dag_forward, "possibly_active", every)
+        mp.setattr(forward, "to_bound", every)
+        mp.setattr(dag_forward, "to_bound", every)
         full = interval_bound(model, x, eps=eps, norm=norm)
     assert torch.equal(skip.intervals[0], full.intervals[0])
     assert torch.equal(skip.intervals[1], full.intervals[1])
@@ -1137,19 +1137,114 @@ def test_branch_and_bound_over_a_graph_is_exhaustive_on_few_unstable_neurons():
     _check_exhaustive(model, x, eps, t, ref_lo, ref_hi)
 
 
-def test_a_tiny_memory_budget_changes_no_interval():
+@pytest.mark.parametrize("kind", ["chain", "graph"])
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_a_tiny_memory_budget_changes_no_interval(kind, norm):
     """max_elements below one example's widest tensor: every pass runs one row at a time
-    (branch passes included) and gives the default budget's intervals (up to float64
-    rounding), never empty ones."""
+    (branch passes included; CROWN's rows per input, each input with its own unstable
+    neurons) and gives the default budget's intervals (up to float64 rounding), never empty
+    ones; saliency and integrated gradients (whose path nodes are more inputs)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 40), nn.ReLU(), nn.Linear(40, 3)).double()
-    model = model.eval()
-    x = _inputs(1)
-    small = attribution_intervals(model, x, eps=0.05, norm="inf", max_elements=200)
-    default = attribution_intervals(model, x, eps=0.05, norm="inf")
-    for a, b in zip(small, default, strict=True):
-        assert torch.allclose(a, b, rtol=1e-12, atol=0)
-    assert torch.all(small[0] <= small[1]) and torch.all(small[2] <= small[3])
+    if kind == "chain":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(32, 40), nn.ReLU(), nn.Linear(40, 3))
+    else:
+        model = _TwoRelu()
+    model = model.double().eval()
+    x = _inputs(1, b=3)
+    for attr, opts in [("saliency", {}), ("integrated_gradients", {"steps": 3})]:
+        small = attribution_intervals(model, x, eps=0.05, norm=norm, attribution=attr,
+                                      max_elements=200, **opts)
+        default = attribution_intervals(model, x, eps=0.05, norm=norm, attribution=attr,
+                                        **opts)
+        for a, b in zip(small, default, strict=True):
+            assert torch.allclose(a, b, rtol=1e-12, atol=0)
+        assert torch.all(small[0] <= small[1]) and torch.all(small[2] <= small[3])
+
+
+@pytest.mark.parametrize("budget", [1, 3, 7, 1000])
+def test_rows_per_input_cover_each_inputs_neurons_once(budget):
+    """Every True entry of the mask is one valid row of exactly one chunk; a padding row never
+    names a neuron its input bounds (CROWN writes -inf there); chunks stay in the budget."""
+    from attrbound.interval.forward import rows_per_input
+
+    g = torch.Generator().manual_seed(3)
+    only = torch.rand(6, 11, generator=g) < torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0, 0.3]
+                                                         ).unsqueeze(1)
+    seen = []
+    for s, pos, valid in rows_per_input(only, budget):
+        m, r = pos.shape
+        assert m == s.stop - s.start and r <= max(1, budget) and m * r <= max(budget, r)
+        for i in range(m):
+            row = s.start + i
+            for p, v in zip(pos[i].tolist(), valid[i].tolist(), strict=True):
+                assert bool(only[row, p]) == v
+                if v:
+                    seen.append((row, p))
+    want = sorted((int(a), int(b)) for a, b in only.nonzero().tolist())
+    assert sorted(seen) == want
+
+
+def test_worth_relaxing_selects_by_weighted_width_within_each_group():
+    """Features above RELAX_CUTOFF x the largest weighted width of their group (two rows
+    here: one input's two path nodes), and every infinite or NaN width."""
+    from attrbound.interval.gradient import RELAX_CUTOFF, worth_relaxing
+
+    c = RELAX_CUTOFF
+    lo = torch.zeros(4, 3, dtype=torch.float64)
+    hi = torch.tensor([[1.0, 2 * c, 0.5 * c], [0.1, 0.0, 1.5 * c],
+                       [5e-10, 2e-9, math.inf], [3e-9, 0.0, 1e-9]], dtype=torch.float64)
+    weight = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0],
+                           [1.0, 1.0, 1.0], [1.0, 1.0, 1e3]], dtype=torch.float64)
+    got = worth_relaxing(lo, hi, weight, 2)
+    # group 0: max 1.0; group 1: max 1e-6 (the infinite width is left out of the max)
+    want = torch.tensor([[True, True, False], [True, False, True],
+                         [False, True, True], [True, False, True]])
+    assert torch.equal(got, want)
+    hi[1, 1] = math.nan
+    assert bool(worth_relaxing(lo, hi, None, 2)[1, 1])
+
+
+@pytest.mark.parametrize("kind", ["chain", "graph"])
+def test_linear_gradient_bounds_of_selected_features_are_those_of_all(kind):
+    """crown_gradient (chain) / dag_crown_gradient (graph) with ``only`` a per-input feature
+    mask: the selected features' bounds equal those of the unrestricted call (to float64
+    rounding) and the others are NaN (no bound)."""
+    from attrbound.interval.dag import network
+    from attrbound.interval.perturbation import ball_set
+
+    model = (nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3))
+             if kind == "chain" else _TwoRelu()).double().eval()
+    x = _inputs(4, b=3)
+    t = attributions.predict(model, x)
+    net = network(model, x, x.device)
+    inset = ball_set(x, 0.1, "inf", (0.0, 1.0))
+    units = _units_for(model, x, "float")
+    g = torch.Generator().manual_seed(0)
+    only = torch.rand(3, 32, generator=g) < 0.4
+    if kind == "chain":
+        from attrbound.interval.forward import forward
+        from attrbound.interval.gradient import gradient
+        from attrbound.interval.gradient_crown import GradTrace, crown_gradient
+
+        trace = GradTrace()
+        olo, _ = gradient(net, forward(net, inset, "crown", units, 2**21), t, units, trace)
+        full = crown_gradient(net, trace, t, 2**21, olo)
+        part = crown_gradient(net, trace, t, 2**21, olo, only)
+    else:
+        from attrbound.interval.dag_forward import dag_forward
+        from attrbound.interval.dag_gradient import DagTrace, dag_gradient
+        from attrbound.interval.dag_gradient_crown import dag_crown_gradient
+
+        trace = DagTrace()
+        bounds = dag_forward(net, inset, "crown", units, 2**21)
+        dag_gradient(net, bounds, t, units, trace)
+        full = dag_crown_gradient(net, bounds, trace, t, 2**21)
+        part = dag_crown_gradient(net, bounds, trace, t, 2**21, only)
+    for f, p in zip(full, part, strict=True):
+        f, p = f.flatten(1), p.flatten(1)
+        assert not torch.isnan(f).any()
+        assert torch.isnan(p[~only]).all()
+        assert torch.allclose(p[only], f[only], rtol=1e-12, atol=1e-300)
 
 
 def test_an_activation_the_gradient_never_reaches_is_ignored():

@@ -224,12 +224,15 @@ def interval_bound(
             pre-activation, intersected with IBP) or "none" (IBP, plus the exact first-layer
             radius for l2); ``evaluation`` = "float" (default: sound for the attribution as the
             model computes it in its own format AND in exact arithmetic) or "exact" (exact
-            arithmetic only); ``max_elements`` (default 2^23): float64 entries of one CROWN
+            arithmetic only); ``max_elements`` (default 2^21): float64 entries of one CROWN
             back-substitution chunk (memory ~ 6x that); ``gradient_relaxation`` = "crown"
             (default: the interval gradient intersected with linear bounds of
-            g = B_0^T (d_0 * ... B_n^T e_t) over the derivative boxes, rows +/- e_k from every
-            input feature: 2 * prod(S) rows per input carried to the logits; skipped on inputs
-            whose branching is exhaustive) or "interval" (interval products only); every
+            g = B_0^T (d_0 * ... B_n^T e_t) over the derivative boxes, rows +/- e_k from the
+            input features: up to 2 * prod(S) rows per input carried to the logits; skipped
+            on inputs whose branching is exhaustive, and on the features whose interval,
+            weighted by what it counts in the attribution (integrated gradients: w_k |z - b|),
+            is at most RELAX_CUTOFF = 1e-3 of the widest:
+            attrbound.interval.gradient.worth_relaxing) or "interval" (interval products only); every
             gradient pass is also intersected with the same pass in exact arithmetic widened
             by E, a bound on the model's rounding of its backward pass; ``branches`` (default
             64; chains and graphs with ReLU): branch and bound on the derivative states of each
@@ -251,8 +254,11 @@ def interval_bound(
         ``tightening``, ``evaluation`` and ``unit_roundoff``.
 
     Cost: one IBP pass and one interval gradient pass per input (per path node for integrated
-    gradients); with CROWN, per pre-activation layer with K neurons, 2K rows carried back through
-    the layers below it (the dominant cost for convolutional layers).
+    gradients); with CROWN, per pre-activation layer, 2 rows per neuron left to bound (before
+    a ReLU the possibly active ones, on l-inf sets only the unstable ones:
+    attrbound.interval.forward.to_bound) carried back through the layers below it, and the
+    gradient's linear bounds (2 rows per feature worth relaxing); both dominate for
+    convolutional layers.
 
     Example::
 

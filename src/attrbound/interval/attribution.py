@@ -79,8 +79,9 @@ def attribution_box(
     if isinstance(attr, IntegratedGradients):
         return _ig_box(net, attr, x, inset, target, tightening, units, max_elements, relaxation,
                        branches)
+    weight = mag(inset.lo, inset.hi) if isinstance(attr, InputXGradient) else None
     glo, ghi = gradient_intervals(net, inset, target, tightening, units, max_elements,
-                                  relaxation, branches)
+                                  relaxation, branches, weight)
     if isinstance(attr, InputXGradient):
         return mul(inset.lo, inset.hi, glo, ghi, units)
     return glo, ghi
@@ -105,8 +106,11 @@ def _ig_box(
     w = torch.as_tensor(attr.w, dtype=torch.float64, device=x.device)
     m, bsz, shape = t.numel(), x.shape[0], x.shape[1:]
     path = path_sets(inset, b, t, units)
+    # node k's gradient counts w_k |z - b| in the attribution
+    weight = mag(inset.lo - b, inset.hi - b).unsqueeze(1) * w.view((1, m) + (1,) * len(shape))
     glo, ghi = gradient_intervals(net, path, target.repeat_interleave(m), tightening, units,
-                                  max_elements, relaxation, branches)
+                                  max_elements, relaxation, branches,
+                                  weight.reshape((bsz * m,) + shape), m)
     glo, ghi = glo.reshape((bsz, m) + shape), ghi.reshape((bsz, m) + shape)
     wv = w.view((1, m) + (1,) * len(shape))  # all weights are > 0
     slo, shi = (wv * glo).sum(dim=1), (wv * ghi).sum(dim=1)

@@ -27,8 +27,8 @@ from attrbound.interval.forward import (
     _absdot,
     _concretize,
     _relax_step,
-    possibly_active,
-    unit_rows,
+    rows_per_input,
+    to_bound,
 )
 from attrbound.interval.perturbation import InputSet
 from attrbound.interval.rounding import EXACT, U64, Units, mag, outward, up
@@ -77,10 +77,10 @@ def dag_forward(
         if i in tight and tightening == "crown":
             bounds.append((lo, hi))
             only = None
-            if all(dag.nodes[u].kind == "act" and dag.nodes[u].op.zero_below
-                   for u in dag.users[i]):  # as in forward.crown: inactive neurons are 0
-                only = possibly_active(hi)
-            if only is None or only.numel() > 0:
+            users = [dag.nodes[u] for u in dag.users[i]]
+            if all(u.kind == "act" and u.op.zero_below for u in users):
+                only = to_bound(users[0].op, lo, hi, inset)  # as in forward.crown
+            if only is None or bool(only.any()):
                 lc, uc = dag_crown(dag, i, bounds, mvecs, inset, units, max_elements, only)
                 lc, uc = outward(lc, uc, e)
                 lo, hi = torch.maximum(lo, lc), torch.minimum(hi, uc)
@@ -103,30 +103,27 @@ def dag_crown(
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *shape_j] of node j by back-substitution over the graph.
 
-    Rows in chunks of neurons and inputs so that one Lambda holds about ``max_elements / 4``
-    float64 entries (several Lambdas are alive at once across a residual block). ``only``:
-    the (flattened) neurons to bound, the others get (-inf, inf), as in
+    Rows per input (:func:`attrbound.interval.forward.rows_per_input`) in chunks of neurons
+    and inputs so that one Lambda holds about ``max_elements / 4`` float64 entries (several
+    Lambdas are alive at once across a residual block). ``only``: bool [N, prod(shape)], the
+    (flattened) neurons to bound per input, the others get (-inf, inf), as in
     :func:`attrbound.interval.forward.crown`."""
     shape = dag.nodes[j].shape
     k = math.prod(shape)
     n = inset.lo.shape[0]
     anc = dag.ancestors(j)
     per = max(dag.size(i) for i in anc)
-    only = torch.arange(k, device=inset.lo.device) if only is None else only
-    rows = max(1, min(only.numel(), max_elements // (8 * per)))
-    nb = max(1, min(n, max_elements // (8 * rows * per)))
+    if only is None:
+        only = torch.ones((n, k), dtype=torch.bool, device=inset.lo.device)
     lower = inset.lo.new_full((n, k), -math.inf)
     upper = inset.lo.new_full((n, k), math.inf)
-    for cols, eye in unit_rows(only, k, rows):
-        r = cols.numel()
-        eye = torch.cat([eye, -eye]).reshape((2 * r,) + shape)
-        for n0 in range(0, n, nb):
-            s = slice(n0, n0 + nb)
-            m = min(n, n0 + nb) - n0
-            lam = eye.unsqueeze(0).expand((m,) + eye.shape).clone()
-            lo = _back_substitute(dag, anc, lam, bounds, mvecs, inset.part(s), units, s)
-            lower[s, cols] = lo[:, :r]
-            upper[s, cols] = -lo[:, r:]
+    for s, pos, valid in rows_per_input(only, max_elements // (8 * per)):
+        m, r = pos.shape
+        eye = inset.lo.new_zeros((m, r, k)).scatter_(2, pos.unsqueeze(2), 1.0)
+        lam = torch.cat([eye, -eye], 1).reshape((m, 2 * r) + shape)
+        lo = _back_substitute(dag, anc, lam, bounds, mvecs, inset.part(s), units, s)
+        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo[:, :r], -math.inf))
+        upper[s] = upper[s].scatter(1, pos, torch.where(valid, -lo[:, r:], math.inf))
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 

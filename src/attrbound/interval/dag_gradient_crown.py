@@ -22,7 +22,7 @@ from torch import Tensor
 
 from attrbound.interval.dag import Dag
 from attrbound.interval.dag_gradient import DagTrace
-from attrbound.interval.forward import _absdot
+from attrbound.interval.forward import _absdot, rows_per_input
 from attrbound.interval.gradient_crown import relax_product
 from attrbound.interval.rounding import EXACT, U64, Units, down, mag, up
 
@@ -31,32 +31,29 @@ __all__ = ["dag_crown_gradient"]
 
 def dag_crown_gradient(
     dag: Dag, bounds: list[tuple[Tensor, Tensor]], trace: DagTrace, target: Tensor,
-    max_elements: int,
+    max_elements: int, only: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *S] of g (exact backward pass, any derivative states in the
-    boxes), widened by E. Each step charges the rounding of this bound's own float64
-    arithmetic (units EXACT); the model's rounding of its backward pass is all in E."""
+    boxes), widened by E; ``only``: bool [N, prod(S)], the features to bound per input (None:
+    all), the others get NaN (no bound). Each step charges the rounding of this bound's own
+    float64 arithmetic (units EXACT); the model's rounding of its backward pass is all in E."""
     units = EXACT
     assert trace.err is not None
     n = trace.err.shape[0]
     k = math.prod(dag.in_shape)
     widest = max(dag.size(i) for i in range(len(dag.nodes)))
-    rows = max(1, min(k, max_elements // (8 * widest)))
-    nb = max(1, min(n, max_elements // (8 * rows * widest)))
-    dev = trace.err.device
-    lower = trace.err.new_empty((n, k))
-    upper = trace.err.new_empty((n, k))
+    if only is None:
+        only = torch.ones((n, k), dtype=torch.bool, device=trace.err.device)
+    lower = trace.err.new_full((n, k), math.nan)
+    upper = trace.err.new_full((n, k), math.nan)
     last_use = {a: i for i, nd in enumerate(dag.nodes) for a in nd.args}
-    for r0 in range(0, k, rows):
-        r = min(rows, k - r0)
-        eye = torch.zeros((r, k), dtype=torch.float64, device=dev)
-        eye[torch.arange(r, device=dev), torch.arange(r0, r0 + r, device=dev)] = 1.0
-        eye = torch.cat([eye, -eye]).reshape((1, 2 * r) + dag.in_shape)
-        for n0 in range(0, n, nb):
-            s = slice(n0, min(n, n0 + nb))
-            lo = _rows(dag, bounds, trace, eye, target[s], units, s, last_use)
-            lower[s, r0: r0 + r] = lo[:, :r]
-            upper[s, r0: r0 + r] = -lo[:, r:]
+    for s, pos, valid in rows_per_input(only, max_elements // (8 * widest)):
+        m, r = pos.shape
+        eye = trace.err.new_zeros((m, r, k)).scatter_(2, pos.unsqueeze(2), 1.0)
+        lam = torch.cat([eye, -eye], 1).reshape((m, 2 * r) + dag.in_shape)
+        lo = _rows(dag, bounds, trace, lam, target[s], units, s, last_use)
+        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo[:, :r], math.nan))
+        upper[s] = upper[s].scatter(1, pos, torch.where(valid, -lo[:, r:], math.nan))
     e = trace.err.reshape(n, k)
     lo = down(lower - e - 4 * units.u * lower.abs())
     hi = up(upper + e + 4 * units.u * upper.abs())
@@ -65,7 +62,8 @@ def dag_crown_gradient(
 
 def _rows(dag: Dag, bounds: list[tuple[Tensor, Tensor]], trace: DagTrace, lam: Tensor,
           target: Tensor, units: Units, s: slice, last_use: dict[int, int]) -> Tensor:
-    """Lower bound [m, R] of Lambda . g for rows Lambda [1, R, *S] (shared by the m inputs)."""
+    """Lower bound [m, R] of Lambda . g for rows Lambda [1, R, *S] (shared by the m inputs) or
+    [m, R, *S] (each input's own)."""
     m = s.stop - s.start
     r = lam.shape[1]
     const = lam.new_zeros(m, r)

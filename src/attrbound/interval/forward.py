@@ -8,7 +8,8 @@
   (CROWN, Zhang et al. 2018): linear relaxations a_lo q + b_lo <= sigma(q) <= a_up q + b_up on
   each neuron's interval (:meth:`attrbound.interval.ops.Activation.relax`), propagated back to
   the input and minimised over the box (and the l2 ball); the result is intersected with IBP,
-  so it is never looser.
+  so it is never looser. Before a ReLU only the neurons whose bound can matter are bounded
+  (:func:`to_bound`), each input its own (:func:`rows_per_input`).
 
 Every bound contains the exact value and the value as the model evaluates it: alongside IBP a
 bound e on |evaluated - exact| is propagated, and the CROWN bounds (for the exact network) are
@@ -29,11 +30,14 @@ from attrbound.interval.ops import Activation, AffineOp
 from attrbound.interval.perturbation import InputSet, first_layer_ball
 from attrbound.interval.rounding import EXACT, Units, center_radius, down, mag, outward, up
 
-__all__ = ["MAX_ELEMENTS", "TIGHTENINGS", "crown", "forward"]
+__all__ = ["MAX_ELEMENTS", "TIGHTENINGS", "crown", "forward", "rows_per_input", "to_bound"]
 
 TIGHTENINGS = ("none", "crown")
-#: default size (float64 entries) of one CROWN back-substitution tensor [inputs, rows, *layer]
-MAX_ELEMENTS = 2**23
+#: default size (float64 entries) of one CROWN back-substitution tensor [inputs, rows, *layer]:
+#: 16 MB. glibc serves blocks above its mmap threshold (at most 32 MB) from fresh pages that
+#: the kernel faults in and zeroes on every allocation, and each chunk allocates several such
+#: tensors: at 2^23 (64 MB) half the time of a LeNet bound went to page faults
+MAX_ELEMENTS = 2**21
 
 
 def forward(
@@ -56,8 +60,8 @@ def forward(
         if i == 0 and inset.radius is not None:
             tight = first_layer_ball(net, inset, EXACT)  # widened by e below
         if tight is None and (tightening == "crown" or (i == 0 and inset.radius is not None)):
-            only = possibly_active(hi) if act.zero_below else None  # see crown
-            if only is None or only.numel() > 0:
+            only = to_bound(act, lo, hi, inset)  # see crown
+            if only is None or bool(only.any()):
                 tight = crown(net, i, pre, mvecs, inset, units, max_elements, only)
         if tight is not None:
             lc, uc = outward(tight[0], tight[1], e)
@@ -84,70 +88,103 @@ def crown(
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *shape(q_j)] of pre-activation j by back-substitution.
 
-    ``only``: int64 indices of the (flattened) neurons to bound, the others get (-inf, inf)
-    (no information; the caller intersects with IBP). Before a ReLU
-    (``Activation.zero_below``) the caller passes the neurons IBP does not put at q <= 0
-    for every input (:func:`possibly_active`): a neuron there outputs exactly [0, 0] with
-    derivative 0 whatever its interval, so tightening it changes nothing downstream, and on a
-    trained CNN many neurons are inactive at small eps. (A stably ACTIVE neuron is not
-    skipped: its width is its output's, and IBP widths compound into the magnitudes that the
-    rounding terms of later layers scale with.)
+    ``only``: bool [N, prod(shape)], the (flattened) neurons to bound per input (None: all);
+    the others get (-inf, inf) (no information; the caller intersects with IBP). Before a
+    ReLU the caller passes :func:`to_bound`'s: a neuron IBP puts at q <= 0 outputs exactly 0
+    with derivative 0 whatever its interval, and on a box set a stably active one is skipped
+    too (see there).
 
-    Rows Lambda = +/- e_i (one per neuron and sign), in chunks of neurons. Through blocks[j] the
-    rows are the same for every input (computed once, with the +rows only); from the first
-    relaxation on they are per input ([n, 2R, *s], chunks of inputs). One chunk holds at most
-    about ``max_elements`` float64 entries. ``pre``: the bounds of q_0 .. q_{j-1}; ``mvecs``:
-    per block, each layer's mvec (AffineOp.ibp)."""
+    Rows Lambda = +/- e_i, per input (:func:`rows_per_input`, padded to the chunk's widest
+    input). Through blocks[j] the rows of a chunk's neurons are computed once for all its
+    inputs (the +rows only); from the first relaxation on they are per input ([n, 2R, *s]).
+    One chunk holds at most about ``max_elements`` float64 entries. ``pre``: the bounds of
+    q_0 .. q_{j-1}; ``mvecs``: per block, each layer's mvec (AffineOp.ibp)."""
     shape = net.pre_shapes[j]
     k = math.prod(shape)
     n = inset.lo.shape[0]
     per = net.widest(j)
-    only = torch.arange(k, device=inset.lo.device) if only is None else only
-    rows = max(1, min(only.numel(), max_elements // (2 * per)))
-    nb = max(1, min(n, max_elements // (2 * rows * per)))
+    if only is None:
+        only = torch.ones((n, k), dtype=torch.bool, device=inset.lo.device)
     lower = inset.lo.new_full((n, k), -math.inf)
     upper = inset.lo.new_full((n, k), math.inf)
-    for cols, lam in unit_rows(only, k, rows):
-        r = cols.numel()
-        lam = lam.reshape((r,) + shape)
-        const = lam.new_zeros(r)
-        err = lam.new_zeros(n, r)
-        lam, const, err = _through_block(net.blocks[j], mvecs[j], lam, True, const, err)
+    for s, pos, valid in rows_per_input(only, max_elements // (2 * per)):
+        uniq, inv = torch.unique(pos, return_inverse=True)  # the chunk's neurons, once
+        u = uniq.numel()
+        lam = _unit_rows(uniq, k).reshape((u,) + shape)
+        const = lam.new_zeros(u)
+        err = lam.new_zeros(pos.shape[0], u)
+        lam, const, err = _through_block(net.blocks[j], [v[s] for v in mvecs[j]], lam, True,
+                                         const, err)
         if j == 0:
-            lo, hi = _concretize(lam, True, const, err, inset)
-            lower[:, cols], upper[:, cols] = lo, hi
-            continue
-        for n0 in range(0, n, nb):
-            s = slice(n0, n0 + nb)
-            lam_s, const_s, err_s, shared = lam, const, err[s], True
+            lo, hi = _concretize(lam, True, const, err, inset.part(s))
+            lo, hi = lo.gather(1, inv), hi.gather(1, inv)
+        else:
+            lam_s = lam[inv]  # [m, r, *s_in]: each input's rows
+            const_s, err_s = const[inv], err.gather(1, inv)
+            lam_s = torch.cat([lam_s, -lam_s], 1)
+            const_s = torch.cat([const_s, -const_s], 1)
+            err_s = torch.cat([err_s, err_s], 1)
+            r = pos.shape[1]
             for i in range(j - 1, -1, -1):
                 block, mv = net.blocks[i], [v[s] for v in mvecs[i]]
                 nxt = (block[-1], mv[-1]) if block and not block[-1].exact else None
                 lam_s, const_s, err_s = _relax_step(net.acts[i], pre[i][0][s], pre[i][1][s],
-                                                    lam_s, const_s, err_s, units, shared, nxt)
-                shared = False
+                                                    lam_s, const_s, err_s, units, False, nxt)
                 lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
                                                        counted=nxt is not None)
-            lo, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s))
-            lower[s, cols] = lo[:, :r]
-            upper[s, cols] = -lo[:, r:]
+            lo2, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s))
+            lo, hi = lo2[:, :r], -lo2[:, r:]
+        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo, -math.inf))
+        upper[s] = upper[s].scatter(1, pos, torch.where(valid, hi, math.inf))
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 
-def possibly_active(hi: Tensor) -> Tensor:
-    """Indices (int64) of the flattened neurons with hi > 0 for some input of the batch
-    (hi [N, *s]): all but those a ReLU maps to exactly 0 (its derivative test: q > 0)."""
-    return (hi > 0).flatten(1).any(dim=0).nonzero().flatten()
+def to_bound(act: Activation, lo: Tensor, hi: Tensor, inset: InputSet) -> Tensor | None:
+    """The neurons [N, prod(shape)] (bool) of a pre-activation with IBP bounds lo, hi [N, *s]
+    that CROWN tightens before ``act`` (None: all of them).
+
+    Before a ReLU (``act.zero_below``): not those with hi <= 0 (exactly 0 with derivative 0
+    whatever the interval, so tightening them changes nothing), and on a box set (l-inf: no
+    ball) not those with lo > 0 either. A stably active neuron's relaxation is the identity
+    whatever its interval, so its bound only reaches later layers through their IBP (and the
+    float64 rounding terms, which scale with magnitudes). On box sets that never made a
+    certified bound looser in our measurements (bit-equal on the bench LeNet and ResNet-BN,
+    l-inf 0.001-0.01, and in test_interval), while it cut the CROWN rows of the LeNet's
+    second layer 8x for integrated gradients' path nodes; on l2 sets CROWN's ball makes those
+    intervals much narrower than IBP's box, and the later IBP gains from them (0.06% on the
+    ResNet-BN at l2 0.02), so they are kept."""
+    if not act.zero_below:
+        return None
+    live = hi > 0
+    if inset.radius is None:
+        live = live & (lo <= 0)
+    return live.flatten(1)
 
 
-def unit_rows(only: Tensor, k: int, chunk: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """(cols, E) for consecutive chunks of at most ``chunk`` of the neurons ``only`` (int64
-    indices into k): E [len(cols), k] float64 on only's device, E[i, cols[i]] = 1."""
-    for r0 in range(0, only.numel(), chunk):
-        cols = only[r0: r0 + chunk]
-        eye = torch.zeros((cols.numel(), k), dtype=torch.float64, device=only.device)
-        eye[torch.arange(cols.numel(), device=only.device), cols] = 1.0
-        yield cols, eye
+def rows_per_input(only: Tensor, budget: int) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """Chunks (s, pos, valid) of the True entries of ``only`` [N, k] (bool): inputs s (a
+    slice), pos [m, r] (int64) the flattened neurons of each input in ascending order, padded
+    with neurons it does not bound (``valid`` [m, r] False) to the chunk's widest input. Each
+    chunk has m * r <= max(budget, r) entries, r <= max(1, budget)."""
+    n = only.shape[0]
+    count = only.sum(1)
+    order = torch.argsort((~only).to(torch.int8), dim=1, stable=True)  # True first
+    rows = max(1, min(int(count.max()) if n else 1, budget))
+    nb = max(1, budget // rows)
+    ar = torch.arange(only.shape[1], device=only.device)
+    for n0 in range(0, n, nb):
+        s = slice(n0, min(n, n0 + nb))
+        widest = int(count[s].max())
+        for r0 in range(0, widest, rows):
+            r1 = min(widest, r0 + rows)
+            yield s, order[s, r0:r1], ar[r0:r1].unsqueeze(0) < count[s].unsqueeze(1)
+
+
+def _unit_rows(cols: Tensor, k: int) -> Tensor:
+    """E [len(cols), k] float64 on cols' device, E[i, cols[i]] = 1."""
+    eye = torch.zeros((cols.numel(), k), dtype=torch.float64, device=cols.device)
+    eye[torch.arange(cols.numel(), device=cols.device), cols] = 1.0
+    return eye
 
 
 def _absdot(lam: Tensor, vec: Tensor, shared: bool) -> Tensor:

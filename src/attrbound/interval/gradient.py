@@ -33,10 +33,14 @@ from attrbound.interval.graph import Net
 from attrbound.interval.perturbation import InputSet
 from attrbound.interval.rounding import EXACT, Units, mag, mul, outward, up
 
-__all__ = ["RELAXATIONS", "gradient", "gradient_intervals", "pattern_gradient"]
+__all__ = ["RELAXATIONS", "RELAX_CUTOFF", "gradient", "gradient_intervals", "pattern_gradient",
+           "worth_relaxing"]
 
 #: the gradient pass: interval products only, or intersected with CROWN-style linear bounds
 RELAXATIONS = ("interval", "crown")
+#: features whose weighted gradient width is at most this share of the largest get no linear
+#: bound (:func:`worth_relaxing`)
+RELAX_CUTOFF = 1e-3
 
 
 def gradient(
@@ -111,6 +115,7 @@ def _meet(lo: Tensor, hi: Tensor, xlo: Tensor, xhi: Tensor, e: Tensor) -> tuple[
 def gradient_intervals(
     net: Net | Dag, inset: InputSet, target: Tensor, tightening: str, units: Units,
     max_elements: int, relaxation: str = "crown", branches: int = BRANCHES,
+    weight: Tensor | None = None, group: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Intervals [N, *S] of g over the input set: the forward bounds, then the gradient pass
     (over the chain, or over the graph: attrbound.interval.dag_forward / dag_gradient), each
@@ -121,10 +126,15 @@ def gradient_intervals(
     :func:`attrbound.interval.dag_gradient_crown.dag_crown_gradient`), so never looser, on the
     inputs where branching is not exhaustive. ``branches``: the budget of
     :func:`attrbound.interval.branching.branch` per input (1: no branching; inputs with no
-    unstable ReLU neuron and every derivative fixed are still exhaustive)."""
+    unstable ReLU neuron and every derivative fixed are still exhaustive).
+
+    ``weight`` [N, *S] (>= 0; None: 1) and ``group``: how much each feature of g counts in
+    the attribution (integrated gradients: w_k |z - b|_max on path node k; ``group`` = m
+    consecutive rows, one input's nodes); the linear bounds are computed only for the
+    features of :func:`worth_relaxing`."""
     if isinstance(net, Dag):
         return _dag_intervals(net, inset, target, tightening, units, max_elements, relaxation,
-                              branches)
+                              branches, weight, group)
     pre = forward(net, inset, tightening, units, max_elements)
     if not net.acts:
         return gradient(net, pre, target, units)
@@ -147,14 +157,15 @@ def gradient_intervals(
     chunk = max_elements // (8 * net.widest(len(net.blocks) - 1))
     blo, bhi, exhaustive = branch(sites, fixed, branches, lo, hi, evaluate, chunk)
     if relaxation == "crown":
+        only = worth_relaxing(blo, bhi, weight, group)
         _relax_rest(blo, bhi, exhaustive, lambda rest: crown_gradient(
-            net, trace.subset(rest), target[rest], max_elements, lo[rest]))
+            net, trace.subset(rest), target[rest], max_elements, lo[rest], only[rest]))
     return blo, bhi
 
 
 def _dag_intervals(
     dag: Dag, inset: InputSet, target: Tensor, tightening: str, units: Units,
-    max_elements: int, relaxation: str, branches: int,
+    max_elements: int, relaxation: str, branches: int, weight: Tensor | None, group: int,
 ) -> tuple[Tensor, Tensor]:
     """:func:`gradient_intervals` over a graph."""
     bounds = dag_forward(dag, inset, tightening, units, max_elements)
@@ -191,10 +202,31 @@ def _dag_intervals(
     chunk = max_elements // (8 * max(dag.size(i) for i in range(len(dag.nodes))))
     blo, bhi, exhaustive = branch(sites, fixed, branches, lo, hi, evaluate, chunk)
     if relaxation == "crown":
+        only = worth_relaxing(blo, bhi, weight, group)
         _relax_rest(blo, bhi, exhaustive, lambda rest: dag_crown_gradient(
             dag, [(b[0][rest], b[1][rest]) for b in bounds], trace.subset(rest), target[rest],
-            max_elements))
+            max_elements, only[rest]))
     return blo, bhi
+
+
+def worth_relaxing(lo: Tensor, hi: Tensor, weight: Tensor | None, group: int) -> Tensor:
+    """The features [N, prod(S)] (bool) whose gradient interval [lo, hi] [N, *S] gets the
+    linear bound: those whose weighted width c = weight (hi - lo) is above RELAX_CUTOFF times
+    the largest c of its group (``group`` consecutive rows: one input's path nodes), and any
+    with an infinite or NaN width.
+
+    The linear bound can only narrow an interval, so a skipped feature costs at most its own
+    c: together the skipped features of a group add at most n_skipped (RELAX_CUTOFF max c)^2
+    to the squared attribution widths, which are at least (max c)^2. On integrated gradients
+    this skips the features whose path hardly moves (|z - b| <= eps: MNIST's background);
+    the measured cost is in benchmarks/RESULTS.md (the interval section)."""
+    c = (hi - lo).flatten(1)
+    if weight is not None:
+        c = c * weight.flatten(1)
+    finite = torch.isfinite(c)
+    size = torch.where(finite, c, torch.zeros_like(c))
+    top = size.reshape(-1, group * c.shape[1]).amax(1).repeat_interleave(group)
+    return (c > RELAX_CUTOFF * top.unsqueeze(1)) | ~finite
 
 
 def _relax_rest(lo: Tensor, hi: Tensor, exhaustive: Tensor,

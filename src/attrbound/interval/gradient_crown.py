@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from attrbound.interval.forward import _absdot
+from attrbound.interval.forward import _absdot, rows_per_input
 from attrbound.interval.graph import Net
 from attrbound.interval.rounding import EXACT, U64, Units, down, mag, up
 
@@ -79,31 +79,28 @@ def relax_product(dl: Tensor, du: Tensor, yl: Tensor, yu: Tensor
 
 def crown_gradient(
     net: Net, trace: GradTrace, target: Tensor, max_elements: int, in_lo: Tensor,
+    only: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds [N, *S] of the exact g (any d in the boxes), widened by E.
-    ``in_lo`` only gives the shape, dtype and device of the inputs' intervals. The rounding
-    charged to each step is that of this bound's own float64 arithmetic (units EXACT); the
-    model's rounding of its backward pass is all in E."""
+    ``in_lo`` only gives the shape, dtype and device of the inputs' intervals; ``only``: bool
+    [N, prod(S)], the features to bound per input (None: all), the others get NaN (no bound).
+    The rounding charged to each step is that of this bound's own float64 arithmetic (units
+    EXACT); the model's rounding of its backward pass is all in E."""
     units = EXACT
     n = in_lo.shape[0]
     shape = net.in_shape
     k = math.prod(shape)
     widest = max([k] + [math.prod(op.out_shape) for b in net.blocks for op in b])
-    rows = max(1, min(k, max_elements // (4 * widest)))
-    nb = max(1, min(n, max_elements // (4 * rows * widest)))
-    dev = in_lo.device
-    lower = in_lo.new_empty((n, k))
-    upper = in_lo.new_empty((n, k))
-    for r0 in range(0, k, rows):
-        r = min(rows, k - r0)
-        eye = torch.zeros((r, k), dtype=torch.float64, device=dev)
-        eye[torch.arange(r, device=dev), torch.arange(r0, r0 + r, device=dev)] = 1.0
-        eye = eye.reshape((r,) + shape)  # the +rows; _rows adds the -rows
-        for n0 in range(0, n, nb):
-            s = slice(n0, min(n, n0 + nb))
-            lo = _rows(net, trace, eye.unsqueeze(0), target[s], units, s)
-            lower[s, r0: r0 + r] = lo[:, :r]
-            upper[s, r0: r0 + r] = -lo[:, r:]
+    if only is None:
+        only = torch.ones((n, k), dtype=torch.bool, device=in_lo.device)
+    lower = in_lo.new_full((n, k), math.nan)
+    upper = in_lo.new_full((n, k), math.nan)
+    for s, pos, valid in rows_per_input(only, max_elements // (4 * widest)):
+        m, r = pos.shape
+        eye = in_lo.new_zeros((m, r, k)).scatter_(2, pos.unsqueeze(2), 1.0)
+        lo = _rows(net, trace, eye.reshape((m, r) + shape), target[s], units, s)
+        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo[:, :r], math.nan))
+        upper[s] = upper[s].scatter(1, pos, torch.where(valid, -lo[:, r:], math.nan))
     assert trace.err is not None
     e = trace.err.reshape(n, k)
     lo = down(lower - e - 4 * units.u * lower.abs())
@@ -114,9 +111,10 @@ def crown_gradient(
 def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
           s: slice) -> Tensor:
     """Lower bound [m, 2R] of Lambda . g for the m inputs of slice ``s`` and the rows
-    Lambda = [+P; -P], P [1, R, *S]: the same for all inputs until the first product makes
-    them per input. Until then the -rows are the negated +rows (every step is linear) and
-    their rounding terms the same, so only P goes through the first block."""
+    Lambda = [+P; -P], P [1, R, *S] (the same for all inputs until the first product makes
+    them per input) or [m, R, *S] (each input's own). Until the first product the -rows are
+    the negated +rows (every step is linear) and their rounding terms the same, so only P
+    goes through the first block."""
     m = s.stop - s.start
     r = lam.shape[1]
     const = lam.new_zeros(m, r)
