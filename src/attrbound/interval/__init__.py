@@ -232,9 +232,10 @@ def interval_bound(
             on inputs whose branching is exhaustive, and on the features whose interval,
             weighted by what it counts in the attribution (integrated gradients: w_k |z - b|),
             is at most RELAX_CUTOFF = 1e-3 of the widest:
-            attrbound.interval.gradient.worth_relaxing) or "interval" (interval products only); every
-            gradient pass is also intersected with the same pass in exact arithmetic widened
-            by E, a bound on the model's rounding of its backward pass; ``branches`` (default
+            attrbound.interval.gradient.worth_relaxing) or "interval" (interval products
+            only); every gradient pass is also intersected with the same pass in exact
+            arithmetic widened by E, a bound on the model's rounding of its backward pass;
+            ``branches`` (default
             64; chains and graphs with ReLU): branch and bound on the derivative states of each
             input's unstable ReLU neurons, all 2^U patterns when 2^U <= branches (exact for the
             linearised pattern set when every activation is a ReLU and every max-pool window
