@@ -126,9 +126,8 @@ def bound(
             defaults spend about as many products as a 50-step attack on saliency
             (benchmarks/RESULTS.md); more steps tighten the weights by a percent or two.
         refine_steps, refine_above: l-inf only: where the weighted bound's Ritz value after 4
-            steps of its certifying run exceeds ``refine_above`` (default 1.10, the bracket
-            upper / lower worth its products) times the sign-iteration value, that run is
-            dropped and the weights are refined by
+            steps of its certifying run exceeds ``refine_above`` (default 1.05) times the
+            sign-iteration value, that run is dropped and the weights are refined by
             ``refine_steps`` (default 8; 0: never) rank-4 Burer-Monteiro steps on J^T J
             itself (4 products each, in one batch), then certified by a fresh run: the
             surrogate misses the slowly decaying spectrum of integrated gradients' J^T J

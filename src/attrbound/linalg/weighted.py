@@ -349,7 +349,7 @@ def inf_to_two(
     rounds: int = 16,
     refine_rank: int = 4,
     refine_steps: int = 8,
-    refine_above: float = 1.10,
+    refine_above: float = 1.05,
     probe_steps: int = 4,
 ) -> InfToTwo:
     """||J_b||_{inf->2} bracketed per example: certified weighted dual above, signs below.
@@ -372,10 +372,9 @@ def inf_to_two(
             alone, no gate) of the Burer-Monteiro refinement on M (step 4c), refine_rank *
             refine_steps products for each refined example.
         refine_above, probe_steps: the gate (step 4b): an example is refined when
-            sqrt(sum w * theta) > refine_above * lower (default 1.10, the bracket
-            upper / lower aimed at: narrower is not worth the refinement's products; 0:
-            every example, inf: none), theta the Ritz value after ``probe_steps`` (default 4)
-            steps of the certifying run on B_w (a refined example's run is abandoned there).
+            sqrt(sum w * theta) > refine_above * lower (default 1.05; 0: every example,
+            inf: none), theta the Ritz value after ``probe_steps`` (default 4) steps of the
+            certifying run on B_w (a refined example's run is abandoned there).
 
     Returns:
         :class:`InfToTwo` (values of the inf -> 2 norm itself, i.e. square roots).
