@@ -392,6 +392,12 @@ def test_grid_validation(tiny):
         Grid(model=str(tiny), attribution_options={"saliency": 3})
     with pytest.raises(AttrboundError, match="unknown grid setting"):
         Grid.from_dict({"model": str(tiny), "epsilon": 0.1})
+    # every keyword of interval_bound's own options is a valid interval bound option
+    Grid(model=str(tiny), bounds=("interval",), bound_options={"interval": {
+        "tightening": "none", "evaluation": "exact", "max_elements": 2**20,
+        "gradient_relaxation": "interval", "branches": 8}})
+    with pytest.raises(AttrboundError, match="does not take: \\['width'\\]"):
+        Grid(model=str(tiny), bounds=("interval",), bound_options={"interval": {"width": 1}})
     g = Grid.from_dict({"model": str(tiny), "attribution": "saliency,smoothgrad",
                         "norm": ["linf"], "eps": 0.1, "batch-size": 8})
     assert (g.attributions, g.norms, g.eps, g.batch_size) == (

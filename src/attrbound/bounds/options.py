@@ -82,7 +82,8 @@ SOLVER_OPTIONS: dict[str, Any] = {k: o.default for k, o in SOLVER_SPECS.items()}
 REGION_OPTIONS: dict[str, Any] = {k: o.default for k, o in REGION_SPECS.items()}
 #: options of method="interval" (:func:`attrbound.interval.interval_bound`); keywords that
 #: name attribution options are passed on to the attribution there, not listed here
-INTERVAL_OPTIONS: frozenset[str] = frozenset({"tightening", "evaluation", "max_elements"})
+INTERVAL_OPTIONS: frozenset[str] = frozenset({"tightening", "evaluation", "max_elements",
+                                               "gradient_relaxation", "branches"})
 
 #: for every bound method, the keywords it accepts in ``**options``
 OPTIONS: dict[str, frozenset[str]] = {
