@@ -79,7 +79,11 @@ def dag_forward(
             only = None
             users = [dag.nodes[u] for u in dag.users[i]]
             if all(u.kind == "act" and u.op.zero_below for u in users):
-                only = to_bound(users[0].op, lo, hi, inset)  # as in forward.crown
+                # as in forward.crown; a max pool or activation after the ReLU reads its
+                # output intervals (act nodes are not bounded by CROWN themselves)
+                read = any(dag.nodes[w].kind in ("act", "max")
+                           for u in dag.users[i] for w in dag.users[u])
+                only = to_bound(users[0].op, lo, hi, inset, read)
             if only is None or bool(only.any()):
                 lc, uc = dag_crown(dag, i, bounds, mvecs, inset, units, max_elements, only)
                 lc, uc = outward(lc, uc, e)

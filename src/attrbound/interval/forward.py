@@ -139,24 +139,30 @@ def crown(
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 
-def to_bound(act: Activation, lo: Tensor, hi: Tensor, inset: InputSet) -> Tensor | None:
+def to_bound(act: Activation, lo: Tensor, hi: Tensor, inset: InputSet,
+             values_used: bool = False) -> Tensor | None:
     """The neurons [N, prod(shape)] (bool) of a pre-activation with IBP bounds lo, hi [N, *s]
     that CROWN tightens before ``act`` (None: all of them).
 
     Before a ReLU (``act.zero_below``): not those with hi <= 0 (exactly 0 with derivative 0
     whatever the interval, so tightening them changes nothing), and on a box set (l-inf: no
-    ball) not those with lo > 0 either. A stably active neuron's relaxation is the identity
-    whatever its interval, so its bound only reaches later layers through their IBP (and the
-    float64 rounding terms, which scale with magnitudes). On box sets that never made a
-    certified bound looser in our measurements (bit-equal on the bench LeNet and ResNet-BN,
-    l-inf 0.001-0.01, and in test_interval), while it cut the CROWN rows of the LeNet's
-    second layer 8x for integrated gradients' path nodes; on l2 sets CROWN's ball makes those
-    intervals much narrower than IBP's box, and the later IBP gains from them (0.06% on the
-    ResNet-BN at l2 0.02), so they are kept."""
+    ball) not those with lo > 0 either, unless ``values_used``. A stably active neuron's
+    relaxation is the identity whatever its interval, so where the ReLU's outputs only feed
+    linear ops (every later pre-activation is itself bounded by CROWN, which uses the
+    relaxation, not the interval) its bound only reaches later layers through their IBP and
+    the float64 rounding terms. On box sets that never made a certified bound looser in our
+    measurements (bit-equal on the bench LeNet and ResNet-BN, l-inf 0.001-0.01, and in
+    test_interval), while it cut the CROWN rows of the LeNet's second layer 8x for integrated
+    gradients' path nodes. ``values_used``: a max pool or another activation reads the
+    ReLU's output intervals themselves (a graph; its window decisions and relaxation need
+    them: one certified euclidean went 1.4e-6 -> 0.038 on a CNN with F.max_pool2d when they
+    were skipped). On l2 sets CROWN's ball makes those intervals much narrower than IBP's
+    box, and the later IBP gains from them (0.06% on the ResNet-BN at l2 0.02), so they are
+    kept."""
     if not act.zero_below:
         return None
     live = hi > 0
-    if inset.radius is None:
+    if inset.radius is None and not values_used:
         live = live & (lo <= 0)
     return live.flatten(1)
 
