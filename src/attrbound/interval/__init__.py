@@ -235,17 +235,17 @@ def interval_bound(
             attrbound.interval.gradient.worth_relaxing) or "interval" (interval products
             only); every gradient pass is also intersected with the same pass in exact
             arithmetic widened by E, a bound on the model's rounding of its backward pass;
-            ``branches`` (default
-            64; chains and graphs with ReLU): branch and bound on the derivative states of each
-            input's unstable ReLU neurons, all 2^U patterns when 2^U <= branches (exact for the
-            linearised pattern set when every activation is a ReLU and every max-pool window
-            is decided), else the floor(log2(branches)) widest split; the union of the
-            branches' gradients is intersected with the bound (1: no branching). A(x) itself
-            always gets the default budget: only rounding leaves its neurons undecided, and
-            enumerating them is cheaper and tighter than the linear relaxation;
-            ``surrogate_beta`` is accepted and ignored (ReLU is bounded exactly; recorded in
-            ``extra``); ``attribution_options`` (dict) or any other keyword (e.g. ``steps=16``) are
-            options of the attribution method named by ``attribution``.
+            ``branches`` (default 64; chains and graphs with ReLU): branch and bound on the
+            derivative states of each input's unstable ReLU neurons, all 2^U patterns when
+            2^U <= branches (exact for the linearised pattern set when every activation is a
+            ReLU and every max-pool window is decided), else the floor(log2(branches))
+            widest split; the union of the branches' gradients is intersected with the bound
+            (1: no branching). A(x) itself always gets the default budget: only rounding
+            leaves its neurons undecided, and enumerating them is cheaper and tighter than
+            the linear relaxation; ``surrogate_beta`` is accepted and ignored (ReLU is
+            bounded exactly; recorded in ``extra``); ``attribution_options`` (dict) or any
+            other keyword (e.g. ``steps=16``) are options of the attribution method named by
+            ``attribution``.
 
     Returns:
         BoundResult with method "interval": ``euclidean`` [B] (rounded up), ``cosine`` [B]

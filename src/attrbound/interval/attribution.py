@@ -106,13 +106,13 @@ def _ig_box(
     w = torch.as_tensor(attr.w, dtype=torch.float64, device=x.device)
     m, bsz, shape = t.numel(), x.shape[0], x.shape[1:]
     path = path_sets(inset, b, t, units)
+    wv = w.view((1, m) + (1,) * len(shape))  # all weights are > 0
     # node k's gradient counts w_k |z - b| in the attribution
-    weight = mag(inset.lo - b, inset.hi - b).unsqueeze(1) * w.view((1, m) + (1,) * len(shape))
+    weight = mag(inset.lo - b, inset.hi - b).unsqueeze(1) * wv
     glo, ghi = gradient_intervals(net, path, target.repeat_interleave(m), tightening, units,
                                   max_elements, relaxation, branches,
                                   weight.reshape((bsz * m,) + shape), m)
     glo, ghi = glo.reshape((bsz, m) + shape), ghi.reshape((bsz, m) + shape)
-    wv = w.view((1, m) + (1,) * len(shape))  # all weights are > 0
     slo, shi = (wv * glo).sum(dim=1), (wv * ghi).sum(dim=1)
     size = (wv * mag(glo, ghi)).sum(dim=1)
     slo, shi = outward(slo, shi, 2 * (m + 4) * units.u * size + units.abs_tiny(m))

@@ -27,6 +27,8 @@ from attrbound.interval.forward import (
     _absdot,
     _concretize,
     _relax_step,
+    input_unit_rows,
+    put_rows,
     rows_per_input,
     to_bound,
 )
@@ -123,11 +125,10 @@ def dag_crown(
     upper = inset.lo.new_full((n, k), math.inf)
     for s, pos, valid in rows_per_input(only, max_elements // (8 * per)):
         m, r = pos.shape
-        eye = inset.lo.new_zeros((m, r, k)).scatter_(2, pos.unsqueeze(2), 1.0)
+        eye = input_unit_rows(pos, k)
         lam = torch.cat([eye, -eye], 1).reshape((m, 2 * r) + shape)
         lo = _back_substitute(dag, anc, lam, bounds, mvecs, inset.part(s), units, s)
-        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo[:, :r], -math.inf))
-        upper[s] = upper[s].scatter(1, pos, torch.where(valid, -lo[:, r:], math.inf))
+        put_rows(lower, upper, s, pos, valid, lo[:, :r], -lo[:, r:])
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 
@@ -177,7 +178,7 @@ def _back_substitute(
         elif node.kind == "act":
             a = node.args[0]
             plo, phi = bounds[a][0][s], bounds[a][1][s]
-            new, const, err = _relax_step(node.op, plo, phi, lam, const, err, units, False, None)
+            new, const, err = _relax_step(node.op, plo, phi, lam, const, err, units, None)
             acc(a, new)
         else:  # max
             a = node.args[0]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from attrbound.interval.dag import Dag
 from attrbound.interval.dag_gradient import DagTrace
-from attrbound.interval.forward import _absdot, rows_per_input
+from attrbound.interval.forward import _absdot, input_unit_rows, put_rows, rows_per_input
 from attrbound.interval.gradient_crown import relax_product
 from attrbound.interval.rounding import EXACT, U64, Units, down, mag, up
 
@@ -49,11 +49,10 @@ def dag_crown_gradient(
     last_use = {a: i for i, nd in enumerate(dag.nodes) for a in nd.args}
     for s, pos, valid in rows_per_input(only, max_elements // (8 * widest)):
         m, r = pos.shape
-        eye = trace.err.new_zeros((m, r, k)).scatter_(2, pos.unsqueeze(2), 1.0)
+        eye = input_unit_rows(pos, k)
         lam = torch.cat([eye, -eye], 1).reshape((m, 2 * r) + dag.in_shape)
         lo = _rows(dag, bounds, trace, lam, target[s], units, s, last_use)
-        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo[:, :r], math.nan))
-        upper[s] = upper[s].scatter(1, pos, torch.where(valid, -lo[:, r:], math.nan))
+        put_rows(lower, upper, s, pos, valid, lo[:, :r], -lo[:, r:])
     e = trace.err.reshape(n, k)
     lo = down(lower - e - 4 * units.u * lower.abs())
     hi = up(upper + e + 4 * units.u * upper.abs())

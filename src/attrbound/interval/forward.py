@@ -30,7 +30,8 @@ from attrbound.interval.ops import Activation, AffineOp
 from attrbound.interval.perturbation import InputSet, first_layer_ball
 from attrbound.interval.rounding import EXACT, Units, center_radius, down, mag, outward, up
 
-__all__ = ["MAX_ELEMENTS", "TIGHTENINGS", "crown", "forward", "rows_per_input", "to_bound"]
+__all__ = ["MAX_ELEMENTS", "TIGHTENINGS", "crown", "forward", "input_unit_rows", "put_rows",
+           "rows_per_input", "to_bound"]
 
 TIGHTENINGS = ("none", "crown")
 #: default size (float64 entries) of one CROWN back-substitution tensor [inputs, rows, *layer]:
@@ -129,13 +130,12 @@ def crown(
                 block, mv = net.blocks[i], [v[s] for v in mvecs[i]]
                 nxt = (block[-1], mv[-1]) if block and not block[-1].exact else None
                 lam_s, const_s, err_s = _relax_step(net.acts[i], pre[i][0][s], pre[i][1][s],
-                                                    lam_s, const_s, err_s, units, False, nxt)
+                                                    lam_s, const_s, err_s, units, nxt)
                 lam_s, const_s, err_s = _through_block(block, mv, lam_s, False, const_s, err_s,
                                                        counted=nxt is not None)
             lo2, _ = _concretize(lam_s, False, const_s, err_s, inset.part(s))
             lo, hi = lo2[:, :r], -lo2[:, r:]
-        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo, -math.inf))
-        upper[s] = upper[s].scatter(1, pos, torch.where(valid, hi, math.inf))
+        put_rows(lower, upper, s, pos, valid, lo, hi)
     return lower.reshape((n,) + shape), upper.reshape((n,) + shape)
 
 
@@ -196,6 +196,22 @@ def _unit_rows(cols: Tensor, k: int) -> Tensor:
     return eye
 
 
+def input_unit_rows(pos: Tensor, k: int) -> Tensor:
+    """E [m, r, k] float64 on pos' device, E[i, j, pos[i, j]] = 1: each input's rows of a
+    :func:`rows_per_input` chunk."""
+    eye = torch.zeros(pos.shape + (k,), dtype=torch.float64, device=pos.device)
+    return eye.scatter_(2, pos.unsqueeze(2), 1.0)
+
+
+def put_rows(lower: Tensor, upper: Tensor, s: slice, pos: Tensor, valid: Tensor, lo: Tensor,
+             hi: Tensor) -> None:
+    """Write a :func:`rows_per_input` chunk's results lo, hi [m, r] into lower, upper [N, k]
+    in place; padding entries (``valid`` False) keep what is there (the "no bound" value)."""
+    for out, val in ((lower, lo), (upper, hi)):
+        view = out[s]
+        view.scatter_(1, pos, torch.where(valid, val, view.gather(1, pos)))
+
+
 def _absdot(lam: Tensor, vec: Tensor, shared: bool) -> Tensor:
     """sum over features of |Lambda| * vec: Lambda [R, *s] (shared by all inputs) or [n, R, *s],
     vec [n, *s] -> [n, R]."""
@@ -239,15 +255,12 @@ def _relax_step(
     const: Tensor,
     err: Tensor,
     units: Units,
-    shared: bool,
     next_op: tuple[AffineOp, Tensor] | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lambda . sigma(q) >= (Lambda+ a_lo + Lambda- a_up) . q + Lambda+ . b_lo + Lambda- . b_up
     for q in [lo, hi], computed as Lambda a_mid + |Lambda| a_half with a_mid = (a_lo + a_up) / 2,
-    a_half = (a_lo - a_up) / 2 (likewise b).
+    a_half = (a_lo - a_up) / 2 (likewise b); Lambda [n, R, *s], one set of rows per input.
 
-    ``shared``: Lambda [R, *s] is the same for all n inputs and stands for the rows +Lambda and
-    -Lambda: the result is [n, 2R, *s] (+rows first). Otherwise Lambda is [n, R, *s].
     The rounding of the new Lambda and constant (including that of a_mid, a_half) adds
     3 gamma * |Lambda| . (|a|_max |q|_max + |b|_max) + 2 u |const| to ``err`` (gamma and u of
     float64, EXACT; ``units``, the model's, only for the relaxation itself); ``next_op`` =
@@ -262,31 +275,14 @@ def _relax_step(
         cols.append((amax * next_op[1]).flatten(1))
     both = torch.stack(cols, dim=2)  # [n, d, k]
     n, d = both.shape[:2]
-    g = 3 * EXACT.gamma(d)
-    if shared:
-        r = lam.shape[0]
-        res = torch.matmul(ab.reshape(r, d), both)  # [n, R, k]
-        dotb = _dot(lam, 0.5 * (b_lo + b_up), True)
-        const = torch.cat([const + dotb + res[..., 0], -const - dotb + res[..., 0]], dim=1)
-        add = g * res[..., 1]
-        if next_op is not None:
-            add = add + next_op[0].crown_gamma(EXACT) * (1 + 4 * EXACT.u) * res[..., 2]
-        err = torch.cat([err + add, err + add], dim=1)
-        shape = lam.shape[1:]
-        p = lam.unsqueeze(0) * (0.5 * (a_lo + a_up)).unsqueeze(1)
-        q = ab.unsqueeze(0) * (0.5 * (a_lo - a_up)).unsqueeze(1)
-        new = lam.new_empty((n, 2 * r) + shape)
-        torch.add(p, q, out=new[:, :r])
-        torch.sub(q, p, out=new[:, r:])
-    else:
-        r = lam.shape[1]
-        res = torch.bmm(ab.reshape(n, r, d), both)
-        const = const + _dot(lam, 0.5 * (b_lo + b_up), False) + res[..., 0]
-        err = err + g * res[..., 1]
-        if next_op is not None:
-            err = err + next_op[0].crown_gamma(EXACT) * (1 + 4 * EXACT.u) * res[..., 2]
-        new = lam * (0.5 * (a_lo + a_up)).unsqueeze(1)
-        new.addcmul_(ab, (0.5 * (a_lo - a_up)).unsqueeze(1))
+    r = lam.shape[1]
+    res = torch.bmm(ab.reshape(n, r, d), both)
+    const = const + _dot(lam, 0.5 * (b_lo + b_up), False) + res[..., 0]
+    err = err + 3 * EXACT.gamma(d) * res[..., 1]
+    if next_op is not None:
+        err = err + next_op[0].crown_gamma(EXACT) * (1 + 4 * EXACT.u) * res[..., 2]
+    new = lam * (0.5 * (a_lo + a_up)).unsqueeze(1)
+    new.addcmul_(ab, (0.5 * (a_lo - a_up)).unsqueeze(1))
     err = err + 2 * EXACT.u * const.abs()
     return new, const, err
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from attrbound.interval.forward import _absdot, rows_per_input
+from attrbound.interval.forward import _absdot, input_unit_rows, put_rows, rows_per_input
 from attrbound.interval.graph import Net
 from attrbound.interval.rounding import EXACT, U64, Units, down, mag, up
 
@@ -97,10 +97,9 @@ def crown_gradient(
     upper = in_lo.new_full((n, k), math.nan)
     for s, pos, valid in rows_per_input(only, max_elements // (4 * widest)):
         m, r = pos.shape
-        eye = in_lo.new_zeros((m, r, k)).scatter_(2, pos.unsqueeze(2), 1.0)
-        lo = _rows(net, trace, eye.reshape((m, r) + shape), target[s], units, s)
-        lower[s] = lower[s].scatter(1, pos, torch.where(valid, lo[:, :r], math.nan))
-        upper[s] = upper[s].scatter(1, pos, torch.where(valid, -lo[:, r:], math.nan))
+        lo = _rows(net, trace, input_unit_rows(pos, k).reshape((m, r) + shape), target[s],
+                   units, s)
+        put_rows(lower, upper, s, pos, valid, lo[:, :r], -lo[:, r:])
     assert trace.err is not None
     e = trace.err.reshape(n, k)
     lo = down(lower - e - 4 * units.u * lower.abs())
