@@ -43,6 +43,8 @@ from attrbound import data, models
 from attrbound.attacks import attack
 from attrbound.attributions import attribution, resolve_target
 from attrbound.bounds import bound
+from attrbound.bounds.options import SOLVER_OPTIONS
+from attrbound.bounds.solve import coarse_map
 from attrbound.linalg import BoxOperator, JacobianOperator, clipped_box, inf_to_two, random_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +189,7 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
         "were set against). Bounds with their defaults (region: 8 random points, 10 ascent "
         "steps, 1 restart, integrated gradients ascended on 8 steps; l-inf: 12-step sketch, "
         "25 Burer-Monteiro steps, the gated refinement on M, certified weighted dual, "
-        "delta = 1e-3; domain (0, 1), so "
+        "delta = 1e-3, integrated gradients' weights chosen on 8 steps; domain (0, 1), so "
         f"l-inf is over the clipped box). Median of {repeats} interleaved runs after a "
         "warm-up (l-inf integrated gradients: one run). Time ratio < 1: the bound is faster "
         "than the attack. The last row of each attribution is taylor l-inf with a cheap "
@@ -238,6 +240,7 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
 def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int) -> None:
     """Where the l-inf solve's time goes, in products with M = J^T J, against PGD-50."""
     model, xs, _ = ms[784]
+    coarse_steps = SOLVER_OPTIONS["weights_ig_steps"]
     lines += [
         "## 2b. The l-inf solve's cost in products with M = J^T J (d = 784, eps = 0.05)",
         "",
@@ -245,20 +248,26 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
         "clipped box's operator J [c, diag r]: the sketch (Lanczos on M, 12 steps), the sign "
         "iterations, the refinement of the weights on M where the gate sends an input with "
         "the steps of its dropped run (together in one column), the fresh-start certifying "
-        "run whose value is used. "
+        "run whose value is used. Integrated gradients (32 steps) choose the weights on the "
+        f"same integral at {coarse_steps} steps (`weights_ig_steps`, as `bound` does): the "
+        "sketch, the refinement (every input) and the first sign iterations run on that "
+        "coarse map, counted in their own column and converted to M products by the timed "
+        "ratio of one coarse product to one M product in the last total. "
         "One M product is timed on the same batch (median of "
         f"{repeats}, operator construction included, 20 products per run), and PGD-50 (both "
         "schedules) is expressed in M products.",
         "",
-        "| attribution | inputs | one M product ms | PGD-50 apgd in M products "
-        "| PGD-50 fixed in M products | sketch | sign iterations, probe, refinement "
-        "| certifying run | total | inputs refined | upper/lower median |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| attribution | inputs | one M product ms | one coarse product ms "
+        "| PGD-50 apgd in M products | PGD-50 fixed in M products | coarse products "
+        "| sketch | sign iterations, probe, refinement | certifying run | total M products "
+        "| total in M products with the coarse ones | inputs refined | upper/lower median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, opts in (("saliency", {}), ("integrated_gradients", IG)):
         b = batch[name]
         x = xs[:b]
         a = attribution(name, model, **opts)
+        coarse = coarse_map(a, coarse_steps)
         target = resolve_target(model, x, None)
         kw = dict(eps=0.05, norm="inf", attribution=name, attribution_options=opts)
 
@@ -267,27 +276,35 @@ def section_dual_cost(ms, lines: list[str], batch: dict[str, int], repeats: int)
             op = BoxOperator(JacobianOperator(a, x, target), c, r)
             return op, random_start((b, op.n), x, torch.Generator().manual_seed(0))
 
-        def products(operator=operator) -> None:
-            op, v = operator()
+        def products(operator=operator, a=a) -> None:
+            op, v = operator(a)
             for _ in range(20):
                 v = op.gram(v)
 
-        res = interleaved({
+        fns = {
             "pgd": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50, restarts=1,
                                                  start="random", **kw),
             "fixed": lambda kw=kw, x=x: attack(model, x, method="pgd", steps=50,
                                                schedule="fixed", **kw),
-            "m": products}, repeats)
+            "m": products}
+        if coarse is not a:
+            fns["coarse"] = lambda products=products, coarse=coarse: products(a=coarse)
+        res = interleaved(fns, repeats)
         tp, tf, tm = res["pgd"][0], res["fixed"][0], res["m"][0] / 20
+        tc = res["coarse"][0] / 20 if "coarse" in res else None
         op, start = operator()
-        full = inf_to_two(op, start)
-        sketch_p = 12
+        proxy = None if coarse is a else operator(coarse)[0]
+        full = inf_to_two(op, start, proxy=proxy)
+        cheap = full.proxy_products.double().mean().item()
+        sketch_p = 0 if proxy is not None else 12
         cert = full.iterations.double().mean().item()
         total = full.products.double().mean().item()
+        with_cheap = total + (cheap * tc / tm if tc else 0.0)
         ratio = (full.upper / full.lower).median().item()
         lines.append(
-            f"| {name} | {b} | {1000 * tm:.1f} | {tp / tm:.0f} | {tf / tm:.0f} | {sketch_p} "
-            f"| {total - sketch_p - cert:.1f} | {cert:.1f} | {total:.1f} "
+            f"| {name} | {b} | {1000 * tm:.1f} | {f'{1000 * tc:.1f}' if tc else '-'} "
+            f"| {tp / tm:.0f} | {tf / tm:.0f} | {f'{cheap:.1f}' if tc else '-'} | {sketch_p} "
+            f"| {total - sketch_p - cert:.1f} | {cert:.1f} | {total:.1f} | {with_cheap:.1f} "
             f"| {int(full.refined.sum())} / {b} | {ratio:.3f} |"
         )
         print(lines[-1], flush=True)

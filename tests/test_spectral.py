@@ -28,6 +28,7 @@ from attrbound.linalg import (
     sign_iteration,
     top_singular,
     weighted_bound,
+    with_weights,
 )
 
 
@@ -202,6 +203,59 @@ def test_inf_to_two_brackets_the_exact_maximum(rank):
     # the optimised dual closes most of the gap that v = 0 (sqrt(d) sigma_max) leaves
     assert (r.upper - exact <= 0.5 * (r.upper_v0 - exact)).all()
     assert (r.upper <= 1.05 * exact).all()
+
+
+@pytest.mark.parametrize("proxy_kind", ["close", "unrelated"])
+def test_inf_to_two_with_a_proxy_brackets_the_exact_maximum(proxy_kind):
+    # the weights and the sign start come from the proxy, the certificate and the lower
+    # value from J itself: any proxy (even one unrelated to J) must leave the enumerated
+    # maximum bracketed; a close proxy must keep the bound near the direct solve's
+    b, d = 4, 14
+    g = _gen(31)
+    j = torch.randn(b, 3, d, generator=g, dtype=torch.float64)
+    j = torch.cat([j, torch.zeros(b, d - 3, d, dtype=torch.float64)], dim=1)
+    j = j + 0.05 * torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    other = torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    p = j + 0.02 * other if proxy_kind == "close" else other
+    exact = inf_to_two_enumerated(j)
+    r = inf_to_two(DenseOperator(j), _start(b, d), tol=1e-10, proxy=DenseOperator(p))
+    assert (r.upper >= exact * (1 - 1e-10)).all(), (r.upper, exact)
+    assert (r.lower <= exact * (1 + 1e-10)).all()
+    assert torch.allclose(r.lower, torch.einsum("bij,bj->bi", j, r.sign).norm(dim=1))
+    assert set(r.sign.unique().tolist()) <= {-1.0, 1.0} and (r.sign[:, 0] == 1).all()
+    assert r.upper_v0.isnan().all()  # the sketch ran on the proxy: no v = 0 value of J
+    assert (r.proxy_products > 12).all() and r.refined.all()
+    # the certifying run's weighted value at the returned weights, in closed form
+    m = j.transpose(1, 2) @ j
+    sc = r.weights.rsqrt()
+    lam = torch.linalg.eigvalsh(sc[:, :, None] * m * sc[:, None, :])[:, -1]
+    weighted = (r.weights.sum(dim=1) * lam).sqrt()
+    assert (r.upper >= weighted * (1 - 1e-8)).all()
+    assert (r.upper <= weighted * (1 + 1e-3)).all()
+    if proxy_kind == "close":  # entries 2% off: the bound within 2% of the direct solve's
+        direct = inf_to_two(DenseOperator(j), _start(b, d), tol=1e-10)
+        assert (r.upper <= 1.02 * direct.upper).all(), r.upper / direct.upper
+        assert (r.lower >= 0.99 * exact).all(), r.lower / exact
+
+
+def test_with_weights_is_valid_for_arbitrary_weights_and_signs():
+    # weights and a sign vector from anywhere: above the enumerated maximum, at the closed
+    # form sqrt(sum w lambda_max(W^-1/2 M W^-1/2)) within the stopping gap; lower feasible
+    b, d = 3, 12
+    j = torch.randn(b, d, d, generator=_gen(41), dtype=torch.float64)
+    w = torch.rand(b, d, generator=_gen(42), dtype=torch.float64) * 10 + 0.01
+    sign = torch.sign(torch.randn(b, d, generator=_gen(43), dtype=torch.float64))
+    r = with_weights(DenseOperator(j), w, sign, _start(b, d), tol=1e-10)
+    exact = inf_to_two_enumerated(j)
+    sc = w.rsqrt()
+    lam = torch.linalg.eigvalsh(sc[:, :, None] * (j.transpose(1, 2) @ j) * sc[:, None, :])
+    weighted = (w.sum(dim=1) * lam[:, -1]).sqrt()
+    assert (r.upper >= weighted * (1 - 1e-8)).all() and (r.upper <= weighted * (1 + 1e-6)).all()
+    assert (weighted >= exact).all()
+    assert (r.lower <= exact * (1 + 1e-10)).all()
+    assert torch.allclose(r.lower, torch.einsum("bij,bj->bi", j, r.sign).norm(dim=1))
+    start_value = torch.einsum("bij,bj->bi", j, sign).norm(dim=1)
+    assert (r.lower >= start_value * (1 - 1e-12)).all()  # the sign iteration never descends
 
 
 def test_inf_to_two_without_dual_steps_is_sqrt_d_sigma():

@@ -63,6 +63,7 @@ SOLVER_SPECS: dict[str, Option] = {
     "delta": Option(1e-3, probability=True),
     "seed": Option(0),
     "batch_size": Option(None, minimum=1),
+    "weights_ig_steps": Option(8, minimum=1, none_ok=True),  # None: never coarsen
 }
 #: region's search options (``points`` is checked against the inputs, in region)
 REGION_SPECS: dict[str, Option] = {

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attrbound.attributions import Attribution, IntegratedGradients
-from attrbound.bounds.solve import Call, Estimate, in_rows, prepare, solve
+from attrbound.attributions import Attribution
+from attrbound.bounds.solve import Call, Estimate, coarse_map, in_rows, prepare, solve
 from attrbound.errors import AttrboundError
 from attrbound.geometry import (
     default_step_size,
@@ -110,16 +110,6 @@ def _screen(
     return op.matvec(w).flatten(1).norm(dim=1)
 
 
-def _coarse_map(attr: Attribution, opts: dict[str, Any]) -> Attribution:
-    """The map region screens and ascends on (never the source of a reported value):
-    integrated gradients with more than ``coarse_ig_steps`` steps coarsened to that many
-    (:meth:`IntegratedGradients.with_steps`), otherwise attr itself."""
-    coarse = opts.get("coarse_ig_steps")
-    if isinstance(attr, IntegratedGradients) and coarse is not None and attr.steps > coarse:
-        return attr.with_steps(coarse)
-    return attr
-
-
 def _ascend(
     attr: Attribution, x: Tensor, target: Tensor, z: Tensor, w: Tensor, eps: float, norm: str,
     domain: tuple[float, float] | None, opts: dict[str, Any],
@@ -135,11 +125,12 @@ def _ascend(
     for l-inf, ||J^T u||_1 on the cube, or of the clipped ``box``), then
     z <- x + Proj(z - x + alpha dir(grad)), dir = sign (l-inf) or grad / ||grad||_2 (l2).
 
-    Integrated gradients climb the coarser quadrature of :func:`_coarse_map`; the best point
+    Integrated gradients climb the coarser quadrature of ``coarse_ig_steps``
+    (:func:`~attrbound.bounds.solve.coarse_map`); the best point
     is then rescored with the full map and the vector tracked there, so the score returned
     is always a lower value of the full map's ||J(z)||_{p->2}.
     """
-    full, attr = attr, _coarse_map(attr, opts)
+    full, attr = attr, coarse_map(attr, opts["coarse_ig_steps"])
     steps = opts["ascent_steps"]
     alpha = opts["step_size"] or default_step_size(eps, steps)
     symmetric = is_symmetric(attr)
@@ -256,7 +247,7 @@ def region_pass(
         best_z = torch.where(per_example(better, z), z, best_z)
         code = torch.where(better, torch.full_like(code, kind), code)
 
-    search = _coarse_map(attr, opts)
+    search = coarse_map(attr, opts["coarse_ig_steps"])
 
     def screen(m: Attribution, flat: Tensor, reps: int, iters: int,
                warm: Tensor | None = None) -> Tensor:

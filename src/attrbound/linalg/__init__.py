@@ -33,7 +33,7 @@ from attrbound.linalg.spectral import (
     sign_iteration,
     top_singular,
 )
-from attrbound.linalg.weighted import InfToTwo, inf_to_two, weighted_bound
+from attrbound.linalg.weighted import InfToTwo, inf_to_two, weighted_bound, with_weights
 
 __all__ = [
     "BoxOperator",
@@ -56,4 +56,5 @@ __all__ = [
     "sign_iteration",
     "top_singular",
     "weighted_bound",
+    "with_weights",
 ]

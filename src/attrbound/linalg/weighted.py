@@ -44,6 +44,15 @@ dual-feasible, diag(v) >= M.) Any w is valid, so w is chosen from few products:
 upper = min(sqrt(sum w * xi_w), sqrt(n * xi_M)): both hold together with probability
 >= 1 - delta (union bound over the sketch and the one run whose value is used; an abandoned
 run's value is discarded), for every J, over attrbound's random starts.
+
+With a ``proxy`` (an operator P on the same space whose P^T P is close to M and whose
+products cost less: integrated gradients on a coarser quadrature, :mod:`attrbound.bounds.solve`)
+steps 1-4c choose w and the sign vector on P instead, with the refinement on every example
+and no gate (its products are cheap, and w must be good for M, which P only approximates);
+then the sign iteration goes on from P's best sign vector on M, and step 5 certifies w on M
+itself. Any w > 0 is valid, so upper = sqrt(sum w * xi_w) holds for M with probability
+>= 1 - delta (the one run whose value is used); the sketch certifies P, not M, so there is
+no v = 0 value (``upper_v0`` is NaN).
 """
 
 from __future__ import annotations
@@ -252,7 +261,9 @@ class InfToTwo:
     - ``iterations`` / ``converged``: of the certifying run whose value is used;
       ``products``: products with M in all (sketch, sign iterations, the abandoned run's
       steps, refinement, certificates); ``refined``: bool,
-      whether the example passed the gate and was refined (module docstring, 4b-4c).
+      whether the example passed the gate and was refined (module docstring, 4b-4c; with a
+      proxy: refined on the proxy, every example when refine_steps > 0).
+    - ``proxy_products``: products with the proxy's P^T P (zeros without a proxy).
     """
 
     upper: Tensor
@@ -266,6 +277,7 @@ class InfToTwo:
     converged: Tensor
     products: Tensor
     refined: Tensor | None = None
+    proxy_products: Tensor | None = None
 
 
 class _RowsOperator:
@@ -351,6 +363,7 @@ def inf_to_two(
     refine_steps: int = 8,
     refine_above: float = 1.05,
     probe_steps: int = 4,
+    proxy: LinearOperator | None = None,
 ) -> InfToTwo:
     """||J_b||_{inf->2} bracketed per example: certified weighted dual above, signs below.
 
@@ -375,6 +388,11 @@ def inf_to_two(
             sqrt(sum w * theta) > refine_above * lower (default 1.05; 0: every example,
             inf: none), theta the Ritz value after ``probe_steps`` (default 4) steps of the
             certifying run on B_w (a refined example's run is abandoned there).
+        proxy: an operator on the same space as op, close to it and cheaper per product
+            (default None): the sketch, the weights (refined on every example, no gate)
+            and the sign iteration's start are computed on it, the certificate and the
+            lower value on op (module docstring); refine_above and probe_steps are then
+            unused.
 
     Returns:
         :class:`InfToTwo` (values of the inf -> 2 norm itself, i.e. square roots).
@@ -384,6 +402,11 @@ def inf_to_two(
     tol = certified_gap(dt) if tol is None else float(tol)
     if certify_start is None:
         certify_start = random_start((b, n), start, torch.Generator().manual_seed(0x5EED + 1))
+    if proxy is not None:
+        return _on_proxy(op, proxy, start, certify_start, tol=tol, max_iter=max_iter,
+                         dual_steps=dual_steps, inner_iter=inner_iter, sign_steps=sign_steps,
+                         delta=delta, rank=rank, rounds=rounds, refine_rank=refine_rank,
+                         refine_steps=refine_steps)
     sk = sketch(op.gram, start, inner_iter, delta / 2)
     k = sk.alphas.shape[1]
     products = torch.full((b,), k, dtype=torch.long, device=start.device)
@@ -450,8 +473,76 @@ def inf_to_two(
         lower=low, upper_v0=v0, sign=s, weights=w.to(dt),
         shift=(e.certified.double()[:, None] * w).to(dt),
         iterations=e.iterations, converged=e.converged, products=products, refined=refined,
+        proxy_products=torch.zeros_like(products),
+    )
+
+
+def _on_proxy(
+    op: LinearOperator, proxy: LinearOperator, start: Tensor, certify_start: Tensor, *,
+    tol: float, max_iter: int, dual_steps: int, inner_iter: int, sign_steps: int,
+    delta: float, rank: int, rounds: int, refine_rank: int, refine_steps: int,
+) -> InfToTwo:
+    """:func:`inf_to_two` with w and the sign vector chosen on ``proxy`` (module docstring,
+    last paragraph)."""
+    b, n = start.shape
+    dt = start.dtype
+    sk = sketch(proxy.gram, start, inner_iter, delta)  # its certificate (of P) is unused
+    cheap = torch.full((b,), sk.alphas.shape[1], dtype=torch.long, device=start.device)
+    sur = surrogate(sk)
+    ritz_vec = top_ritz_vector(sk)
+    gen = torch.Generator().manual_seed(0)
+    refined = torch.zeros(b, dtype=torch.bool, device=start.device)
+    if dual_steps > 0:
+        v = burer_monteiro(sur, rank, dual_steps, gen)
+        w = sur.apply(v).norm(dim=2)
+        more: tuple[Tensor, ...] = ()
+        if refine_steps > 0:
+            r = max(1, min(int(refine_rank), v.shape[2], n))
+            rows = torch.arange(b, device=start.device)
+            y, my = refine(_block_gram(proxy, proxy, rows, r, dt), v, r, refine_steps)
+            cheap += y.shape[2] * int(refine_steps)
+            w, more, refined = my.norm(dim=2), (y, my), ~refined
+        w = torch.maximum(w, 1e-6 * w.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+        best = best_rounding(sur, v, ritz_vec, rounds, gen, more)
+    else:
+        w = torch.ones(b, n, dtype=torch.float64, device=start.device)
+        best = ritz_vec
+    best, _, st_p = sign_iteration(proxy.gram, best, max_steps=sign_steps,
+                                   restrict=_restricted(proxy, "gram"))
+    out = with_weights(op, w, best, certify_start, tol=tol, max_iter=max_iter,
+                       sign_steps=sign_steps, delta=delta)
+    out.refined, out.proxy_products = refined, cheap + st_p + 1
+    return out
+
+
+def with_weights(
+    op: LinearOperator, w: Tensor, sign: Tensor, certify_start: Tensor, *,
+    tol: float | None = None, max_iter: int = 100, sign_steps: int = 50, delta: float = 1e-3,
+) -> InfToTwo:
+    """||J_b||_{inf->2} bracketed from weights and a sign vector chosen elsewhere.
+
+    w > 0 [B, n] and sign [B, n] (entries +-1) may come from anywhere (a cheaper operator
+    close to M, the solve at a nearby point), since every w > 0 gives a valid dual: the sign
+    iteration on M goes on from ``sign`` (the lower value), and one fresh random-start
+    certifying run on B_w (``certify_start``, drawn independently of w) gives
+    upper = sqrt(sum w * xi_w) with probability >= 1 - delta. No sketch runs, so
+    ``upper_v0`` is NaN. Costs the sign steps + 1 and the certifying run's products.
+    """
+    dt = certify_start.dtype
+    s, low, st = sign_iteration(op.gram, sign, max_steps=sign_steps,
+                                restrict=_restricted(op, "gram"))
+    w = w.double()
+    up_w, ritz, e = weighted_bound(op, w, certify_start, tol=tol, max_iter=max_iter,
+                                   delta=delta)
+    return InfToTwo(
+        upper=torch.maximum(up_w, low), ritz=ritz, lower=low,
+        upper_v0=torch.full_like(up_w, float("nan")), sign=s * s[:, :1], weights=w.to(dt),
+        shift=(e.certified.double()[:, None] * w).to(dt), iterations=e.iterations,
+        converged=e.converged, products=st + 1 + e.iterations,
+        refined=torch.zeros_like(e.converged, dtype=torch.bool),
+        proxy_products=torch.zeros_like(st),
     )
 
 
 __all__ = ["InfToTwo", "Sketch", "Surrogate", "best_rounding", "burer_monteiro", "inf_to_two",
-           "refine", "sketch", "surrogate", "top_ritz_vector", "weighted_bound"]
+           "refine", "sketch", "surrogate", "top_ritz_vector", "weighted_bound", "with_weights"]
