@@ -149,9 +149,9 @@ class Surrogate:
 
     def apply(self, v: Tensor) -> Tensor:
         """M^ V for V [B, n, r] (float64)."""
-        c = torch.einsum("bnm,bnr->bmr", self.q, v)
-        return torch.einsum("bnm,bmr->bnr", self.q, self.g @ c - self.tau[:, None, None] * c) \
-            + self.tau[:, None, None] * v
+        c = torch.bmm(self.q.transpose(1, 2), v)  # batched BLAS, several times einsum's speed
+        tau = self.tau[:, None, None]
+        return torch.baddbmm(tau * v, self.q, torch.bmm(self.g, c) - tau * c)
 
 
 def surrogate(s: Sketch) -> Surrogate:
