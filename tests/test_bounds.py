@@ -543,10 +543,17 @@ def test_rows_are_plain_json():
     rows = res.to_rows()
     assert len(rows) == 2
     for row in rows:
-        json.dumps(row)
+        json.dumps(row, allow_nan=False)  # strict JSON, as the campaign's store writes it
         assert row["operator_norm_lower"] <= row["operator_norm"]
         assert row["source"] in ("x", "random", "points", "ascent")
         assert row["method"] == "region" and row["norm"] == "inf"
+        assert row["operator_norm_v0"] >= row["operator_norm"] * (1 - 1e-6)
+    # integrated gradients with weights from the coarse map have no v = 0 value: None
+    ig = bound(model, x, eps=0.05, norm="inf", method="taylor",
+               attribution="integrated_gradients", attribution_options={"steps": 16})
+    for row in ig.to_rows():
+        json.dumps(row, allow_nan=False)
+        assert row["operator_norm_v0"] is None and row["operator_norm"] > 0
 
 
 def test_package_export():

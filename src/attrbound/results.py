@@ -84,7 +84,8 @@ class BoundResult:
     delta: float | None = None
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """One plain dict (JSON-serialisable) per input."""
+        """One plain dict (strict JSON: a diagnostic in ``extra`` that was not computed, NaN,
+        becomes None) per input."""
         n = self.euclidean.shape[0]
         cols: dict[str, Any] = {
             "euclidean": self.euclidean,
@@ -117,7 +118,8 @@ class BoundResult:
                 row["source"] = self.source[i]
             for k, v in self.extra.items():  # per-input diagnostics, e.g. operator_norm_v0
                 if isinstance(v, Tensor) and v.dim() == 1 and v.shape[0] == n:
-                    row[k] = v[i].item()
+                    item = v[i].item()  # NaN (not computed) -> None: rows are strict JSON
+                    row[k] = None if isinstance(item, float) and math.isnan(item) else item
             if self.intervals is not None:
                 lo, hi = self.intervals
                 row["certified_stable_fraction"] = (

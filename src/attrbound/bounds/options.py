@@ -59,7 +59,7 @@ SOLVER_SPECS: dict[str, Option] = {
     "inner_iter": Option(12, minimum=1),
     "sign_steps": Option(50, minimum=0),
     "refine_steps": Option(8, minimum=0),
-    "refine_above": Option(1.05, positive=True),
+    "refine_above": Option(1.10, positive=True),
     "delta": Option(1e-3, probability=True),
     "seed": Option(0),
     "batch_size": Option(None, minimum=1),

@@ -361,7 +361,7 @@ def inf_to_two(
     rounds: int = 16,
     refine_rank: int = 4,
     refine_steps: int = 8,
-    refine_above: float = 1.05,
+    refine_above: float = 1.10,
     probe_steps: int = 4,
     proxy: LinearOperator | None = None,
 ) -> InfToTwo:
@@ -385,7 +385,7 @@ def inf_to_two(
             alone, no gate) of the Burer-Monteiro refinement on M (step 4c), refine_rank *
             refine_steps products for each refined example.
         refine_above, probe_steps: the gate (step 4b): an example is refined when
-            sqrt(sum w * theta) > refine_above * lower (default 1.05; 0: every example,
+            sqrt(sum w * theta) > refine_above * lower (default 1.10; 0: every example,
             inf: none), theta the Ritz value after ``probe_steps`` (default 4) steps of the
             certifying run on B_w (a refined example's run is abandoned there).
         proxy: an operator on the same space as op, close to it and cheaper per product
