@@ -191,7 +191,7 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
         "25 Burer-Monteiro steps, the gated refinement on M, certified weighted dual, "
         "delta = 1e-3, integrated gradients' weights chosen on 8 steps; domain (0, 1), so "
         f"l-inf is over the clipped box). Median of {repeats} interleaved runs after a "
-        "warm-up (l-inf integrated gradients: one run). Time ratio < 1: the bound is faster "
+        "warm-up. Time ratio < 1: the bound is faster "
         "than the attack. The last row of each attribution is taylor l-inf with a cheap "
         "budget, the demo's until the defaults became cheaper "
         f"({', '.join(f'{k}={v}' for k, v in BUDGET.items())}).",
@@ -216,8 +216,7 @@ def section_pgd(ms, lines: list[str], batch: dict[str, int], repeats: int) -> No
             }
             if not budget:
                 fns["region"] = lambda kw=kw, x=x: bound(model, x, method="region", **kw)
-            slow = norm == "inf" and name == "integrated_gradients"
-            res = interleaved(fns, 1 if slow else repeats)
+            res = interleaved(fns, repeats)
             (tp, at), (tf, _), (tt, ta) = res["pgd"], res["fixed"], res["taylor"]
             label = norm
             if norm == "inf":
