@@ -103,8 +103,8 @@ def solve(
     on the coarse map's operator (the ``proxy`` of :func:`attrbound.linalg.inf_to_two`), the
     certificate and the lower value are attr's; the weights only need to be good, any
     weights give a valid bound, and the coarse products cost steps / weights_ig_steps times
-    less (the l-inf solve of integrated gradients at 32 steps then takes about a third of
-    the time, its bound 1% looser on the MNIST CNN; benchmarks/RESULTS.md).
+    less (the l-inf solve of integrated gradients at 32 steps then takes half the time,
+    its bound 0.7% looser on the MNIST CNN; benchmarks/RESULTS.md).
     """
     op = JacobianOperator(attr, z, target)
     if norm == "2":
