@@ -61,8 +61,7 @@ def dag_crown_gradient(
 
 def _rows(dag: Dag, bounds: list[tuple[Tensor, Tensor]], trace: DagTrace, lam: Tensor,
           target: Tensor, units: Units, s: slice, last_use: dict[int, int]) -> Tensor:
-    """Lower bound [m, R] of Lambda . g for rows Lambda [1, R, *S] (shared by the m inputs) or
-    [m, R, *S] (each input's own)."""
+    """Lower bound [m, R] of Lambda . g for rows Lambda [m, R, *S] (each input's own)."""
     m = s.stop - s.start
     r = lam.shape[1]
     const = lam.new_zeros(m, r)
@@ -77,21 +76,14 @@ def _rows(dag: Dag, bounds: list[tuple[Tensor, Tensor]], trace: DagTrace, lam: T
             a = mus[node.args[0]]
             op = node.op
             if not op.exact:
-                shared = a.shape[0] == 1
-                err = err + op.crown_gamma(units) * _absdot(a[0] if shared else a,
-                                                            trace.tm[v][s], shared)
-            lead = a.shape[0]
-            mu = op.linear(a.reshape((lead * r,) + op.in_shape)).reshape(
-                (lead, r) + op.out_shape)
+                err = err + op.crown_gamma(units) * _absdot(a, trace.tm[v][s], False)
+            mu = op.linear(a.reshape((m * r,) + op.in_shape)).reshape((m, r) + op.out_shape)
         elif node.kind == "add":
             mu = mus[node.args[0]] + mus[node.args[1]]
             glo, ghi = (t[s] for t in trace.grads[v])
-            shared = mu.shape[0] == 1
-            err = err + 2 * units.u * _absdot(mu[0] if shared else mu, mag(glo, ghi), shared)
+            err = err + 2 * units.u * _absdot(mu, mag(glo, ghi), False)
         elif node.kind == "cat":
-            parts = [mus[a] for a in node.args]
-            lead = max(p.shape[0] for p in parts)
-            mu = torch.cat([p.expand((lead,) + p.shape[1:]) for p in parts], dim=node.dim + 1)
+            mu = torch.cat([mus[a] for a in node.args], dim=node.dim + 1)
         elif node.kind == "act":
             a = mus[node.args[0]]
             dl, du = (t[s] for t in trace.derivs[v])
@@ -109,7 +101,6 @@ def _rows(dag: Dag, bounds: list[tuple[Tensor, Tensor]], trace: DagTrace, lam: T
     if out not in mus:
         return lam.new_zeros(m, r)
     mu = mus[out]
-    mu = mu.expand((m,) + mu.shape[1:])
     final = mu.gather(2, target.view(m, 1, 1).expand(m, r, 1)).squeeze(2)
     total = const + final
     return down(total - err - 4 * units.u * (total.abs() + err) - units.abs_tiny(2))
@@ -139,11 +130,11 @@ def _max(op, pre: tuple[Tensor, Tensor], a: Tensor, grad: tuple[Tensor, Tensor],
     surely, possibly = op.deriv_states(pre[0][s], pre[1][s])  # [m, C, K, L]
     glo, ghi = (t[s] for t in grad)
     m, c = glo.shape[:2]
-    lead, r = a.shape[:2]
+    r = a.shape[1]
     pad = (op.p[1], op.p[1], op.p[0], op.p[0])
-    x = F.pad(a.reshape((lead * r,) + op.in_shape), pad)
-    cols = F.unfold(x.reshape((lead * r * c, 1) + op.padded), op.k, op.d, 0, op.s)
-    cols = cols.reshape(lead, r, c, op.kk, -1)  # coefficients c_wk
+    x = F.pad(a.reshape((m * r,) + op.in_shape), pad)
+    cols = F.unfold(x.reshape((m * r * c, 1) + op.padded), op.k, op.d, 0, op.s)
+    cols = cols.reshape(m, r, c, op.kk, -1)  # coefficients c_wk
     gl, gh = glo.reshape(m, 1, c, 1, -1), ghi.reshape(m, 1, c, 1, -1)
     a_lo, b_lo, a_up, b_up = relax_product(surely.unsqueeze(1), possibly.unsqueeze(1), gl, gh)
     pos = cols >= 0

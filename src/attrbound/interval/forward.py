@@ -111,7 +111,7 @@ def crown(
     for s, pos, valid in rows_per_input(only, max_elements // (2 * per)):
         uniq, inv = torch.unique(pos, return_inverse=True)  # the chunk's neurons, once
         u = uniq.numel()
-        lam = _unit_rows(uniq, k).reshape((u,) + shape)
+        lam = input_unit_rows(uniq.unsqueeze(0), k)[0].reshape((u,) + shape)
         const = lam.new_zeros(u)
         err = lam.new_zeros(pos.shape[0], u)
         lam, const, err = _through_block(net.blocks[j], [v[s] for v in mvecs[j]], lam, True,
@@ -187,13 +187,6 @@ def rows_per_input(only: Tensor, budget: int) -> Iterator[tuple[slice, Tensor, T
         for r0 in range(0, widest, rows):
             r1 = min(widest, r0 + rows)
             yield s, order[s, r0:r1], ar[r0:r1].unsqueeze(0) < count[s].unsqueeze(1)
-
-
-def _unit_rows(cols: Tensor, k: int) -> Tensor:
-    """E [len(cols), k] float64 on cols' device, E[i, cols[i]] = 1."""
-    eye = torch.zeros((cols.numel(), k), dtype=torch.float64, device=cols.device)
-    eye[torch.arange(cols.numel(), device=cols.device), cols] = 1.0
-    return eye
 
 
 def input_unit_rows(pos: Tensor, k: int) -> Tensor:

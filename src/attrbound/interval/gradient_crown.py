@@ -110,8 +110,7 @@ def crown_gradient(
 def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
           s: slice) -> Tensor:
     """Lower bound [m, 2R] of Lambda . g for the m inputs of slice ``s`` and the rows
-    Lambda = [+P; -P], P [1, R, *S] (the same for all inputs until the first product makes
-    them per input) or [m, R, *S] (each input's own). Until the first product the -rows are
+    Lambda = [+P; -P], P [m, R, *S] (each input's own). Until the first product the -rows are
     the negated +rows (every step is linear) and their rounding terms the same, so only P
     goes through the first block."""
     m = s.stop - s.start
@@ -130,13 +129,10 @@ def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
 
     for i, block in enumerate(net.blocks):
         for o, op in enumerate(block):
-            shared = lam.shape[0] == 1
             if not op.exact:
-                rows = lam[0] if shared else lam
-                err = err + op.crown_gamma(units) * _absdot(rows, trace.tm[i][o][s], shared)
-            lead = lam.shape[0]
-            out = op.linear(lam.reshape((lead * r,) + op.in_shape))
-            lam = out.reshape((lead, r) + op.out_shape)
+                err = err + op.crown_gamma(units) * _absdot(lam, trace.tm[i][o][s], False)
+            out = op.linear(lam.reshape((m * r,) + op.in_shape))
+            lam = out.reshape((m, r) + op.out_shape)
         if i == last:
             break
         both_signs()
@@ -148,13 +144,11 @@ def _rows(net: Net, trace: GradTrace, lam: Tensor, target: Tensor, units: Units,
         dotb = (lam * b).flatten(2).sum(2)
         d = math.prod(lam.shape[2:])
         err = err + units.gamma(d) * (lam * b).abs().flatten(2).sum(2)
-        lam = lam * a  # now [m, R, *shape]: per input
+        lam = lam * a
         err = err + 2 * U64 * _absdot(lam, mag(yl, yu), False)
         const = const + dotb
         err = err + 2 * units.u * const.abs()
     both_signs()
-    if lam.shape[0] != m:  # no product: the rows are still shared
-        lam = lam.expand((m,) + lam.shape[1:])
     final = lam.gather(2, target.view(m, 1, 1).expand(m, r, 1)).squeeze(2)
     total = const + final
     return down(total - err - 4 * units.u * (total.abs() + err) - units.abs_tiny(2))
