@@ -169,6 +169,12 @@ def surrogate(s: Sketch) -> Surrogate:
     return Surrogate(s.basis.transpose(1, 2).double(), g, tau)
 
 
+def _floored(w: Tensor) -> Tensor:
+    """Weights [B, n] (>= 0, e.g. row norms ||(M V)_i||) floored at 1e-6 of their mean (and
+    at 1e-300): the dual needs w > 0 (B_w = W^-1/2 M W^-1/2)."""
+    return torch.maximum(w, 1e-6 * w.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+
+
 def _rownormalise(v: Tensor) -> Tensor:
     return v / v.norm(dim=2, keepdim=True).clamp_min(1e-300)
 
@@ -417,7 +423,7 @@ def inf_to_two(
     if dual_steps > 0:
         v = burer_monteiro(sur, rank, dual_steps, gen)
         w = sur.apply(v).norm(dim=2)
-        w = torch.maximum(w, 1e-6 * w.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+        w = _floored(w)
         best = best_rounding(sur, v, ritz_vec, rounds, gen)
     else:
         w = torch.ones(b, n, dtype=torch.float64, device=start.device)
@@ -445,8 +451,7 @@ def inf_to_two(
         r = max(1, min(int(refine_rank), v.shape[2], n))
         y, my = refine(_block_gram(op, sub, rows, r, dt), v[rows], r, refine_steps)
         products[rows] += y.shape[2] * max(1, int(refine_steps))
-        w_r = my.norm(dim=2)
-        w[rows] = torch.maximum(w_r, 1e-6 * w_r.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+        w[rows] = _floored(my.norm(dim=2))
         sur_r = Surrogate(sur.q[rows], sur.g[rows], sur.tau[rows])
         best_r = best_rounding(sur_r, v[rows], ritz_vec[rows], rounds, gen, (y, my))
         s_r, low_r, st_r = sign_iteration(sub.gram, best_r, max_steps=sign_steps,
@@ -502,7 +507,7 @@ def _on_proxy(
             y, my = refine(_block_gram(proxy, proxy, rows, r, dt), v, r, refine_steps)
             cheap += y.shape[2] * int(refine_steps)
             w, more, refined = my.norm(dim=2), (y, my), ~refined
-        w = torch.maximum(w, 1e-6 * w.mean(dim=1, keepdim=True)).clamp_min(1e-300)
+        w = _floored(w)
         best = best_rounding(sur, v, ritz_vec, rounds, gen, more)
     else:
         w = torch.ones(b, n, dtype=torch.float64, device=start.device)
