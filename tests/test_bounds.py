@@ -604,6 +604,8 @@ def test_relu_model_with_surrogate_bounds_the_surrogate():
         ({"coarse_ig_steps": 0}, "coarse_ig_steps"),
         ({"method": "taylor", "weights_ig_steps": 0}, "weights_ig_steps"),
         ({"tol": 0.0}, "tol"),
+        ({"norm": "inf", "refine_above": -1.0}, "refine_above must be a number >= 0"),
+        ({"norm": "inf", "refine_above": "high"}, "refine_above"),
         ({"bogus": 1}, "unknown option 'bogus'"),
         ({"method": "taylor", "points": None}, "method='region' only"),
         ({"points": torch.zeros(2, 3, 5, dtype=torch.float64)}, "points must be shaped"),
@@ -614,6 +616,18 @@ def test_user_errors(kwargs, match):
     args = {"eps": 0.1, "norm": 2, **kwargs}
     with pytest.raises(AttrboundError, match=match):
         bound(model, x, **args)
+
+
+def test_refine_above_ends_of_the_gate():
+    # inf: no input passes the gate, the same solve as no refinement at all (bit-equal);
+    # 0: every input is refined, and the bracket still holds
+    model, x = _mlp(d=6, seed=8), _inputs((6,), b=3)
+    kw = {"eps": 0.1, "norm": "inf", "method": "taylor"}
+    never = bound(model, x, refine_above=math.inf, **kw)
+    off = bound(model, x, refine_steps=0, **kw)
+    assert torch.equal(never.operator_norm, off.operator_norm)
+    every = bound(model, x, refine_above=0, **kw)
+    assert (every.operator_norm >= every.lower).all() and every.operator_norm.isfinite().all()
 
 
 def test_nan_and_bad_inputs():

@@ -128,7 +128,8 @@ def bound(
         refine_steps, refine_above: l-inf only: where the weighted bound's Ritz value after 4
             steps of its certifying run exceeds ``refine_above`` (default 1.10, the bracket
             upper / lower the defaults aim at: refinement is spent only where the bracket
-            would be wider) times the sign-iteration value, that run is dropped and the
+            would be wider; 0: every input, inf: none) times the sign-iteration value, that
+            run is dropped and the
             weights are refined by
             ``refine_steps`` (default 8; 0: never) rank-4 Burer-Monteiro steps on J^T J
             itself (4 products each, in one batch), then certified by a fresh run: the

@@ -21,13 +21,15 @@ class Option:
     """One keyword of taylor / region: its default and the values it accepts.
 
     ``minimum`` set: an integer >= minimum (bool excluded); ``positive``: a finite number > 0;
-    ``probability``: a number in (0, 1); none of them: not checked here. None is accepted
+    ``nonnegative``: a number >= 0, inf included; ``probability``: a number in (0, 1); none
+    of them: not checked here. None is accepted
     when it is the default or ``none_ok`` is set.
     """
 
     default: Any
     minimum: int | None = None
     positive: bool = False
+    nonnegative: bool = False
     none_ok: bool = False
     probability: bool = False
 
@@ -45,6 +47,10 @@ class Option:
             isinstance(value, (int, float)) and math.isfinite(value) and value > 0
         ):
             raise AttrboundError(f"option {name} must be a finite number > 0, got {value!r}.")
+        if self.nonnegative and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        ):
+            raise AttrboundError(f"option {name} must be a number >= 0, got {value!r}.")
         if self.probability and not (
             isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
         ):
@@ -59,7 +65,7 @@ SOLVER_SPECS: dict[str, Option] = {
     "inner_iter": Option(12, minimum=1),
     "sign_steps": Option(50, minimum=0),
     "refine_steps": Option(8, minimum=0),
-    "refine_above": Option(1.10, positive=True),
+    "refine_above": Option(1.10, nonnegative=True),  # 0: refine every input, inf: none
     "delta": Option(1e-3, probability=True),
     "seed": Option(0),
     "batch_size": Option(None, minimum=1),
