@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bounds", "attacks", "interval", "model_ranking", "smoothed", "scale", "quantus",
-         "campaign"]
+ORDER = ["bounds", "region_search", "attacks", "interval", "model_ranking", "smoothed",
+         "scale", "quantus", "campaign"]
 
 
 def main(names: list[str]) -> int:
