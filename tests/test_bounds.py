@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import resource
@@ -32,6 +33,7 @@ from attrbound.bounds import (
     taylor_from_region,
 )
 from attrbound.bounds.region import _ascend
+from attrbound.cli import bound as bound_cli
 from attrbound.cli import main
 from attrbound.errors import AttrboundError
 from attrbound.geometry import batch_norm
@@ -601,6 +603,8 @@ def test_relu_model_with_surrogate_bounds_the_surrogate():
         ({"attribution": "lime"}, "unknown attribution method"),
         ({"max_iter": 0}, "max_iter"),
         ({"ascent_steps": -1}, "ascent_steps"),
+        ({"attack_steps": -1}, "attack_steps"),
+        ({"method": "taylor", "attack_steps": 2}, "method='region' only"),
         ({"coarse_ig_steps": 0}, "coarse_ig_steps"),
         ({"method": "taylor", "weights_ig_steps": 0}, "weights_ig_steps"),
         ({"tol": 0.0}, "tol"),
@@ -616,6 +620,28 @@ def test_user_errors(kwargs, match):
     args = {"eps": 0.1, "norm": 2, **kwargs}
     with pytest.raises(AttrboundError, match=match):
         bound(model, x, **args)
+
+
+@pytest.mark.parametrize(("relu", "norm"), [(False, "inf"), (True, "inf"), (False, "2")])
+def test_region_attack_steps_searches_its_attacks_points(relu, norm):
+    # attack_steps runs pgd (2 runs, same seed, same map: the surrogate's for a ReLU model)
+    # and searches its points exactly as if the caller had passed them
+    model = _relu_mlp() if relu else _mlp(d=6, seed=8)
+    x = _inputs((6,), b=3)
+    beta = 10.0 if relu else None
+    kw = {"eps": 0.2, "norm": norm, "method": "region", "surrogate_beta": beta}
+    res = attrbound.attack(model, x, eps=0.2, norm=norm, method="pgd", steps=3, restarts=2,
+                           seed=0, surrogate_beta=beta)
+    points = torch.cat([res.x_adv.unsqueeze(1), res.points], dim=1)
+    given = bound(model, x, points=points, **kw)
+    own = bound(model, x, attack_steps=3, **kw)
+    assert points.shape[1] == 3
+    assert torch.equal(own.operator_norm, given.operator_norm)
+    assert own.source == given.source
+    assert own.extra["options"]["attack_steps"] == 3
+    # with the caller's points too: both are searched, the caller's are what is recorded
+    both = bound(model, x, points=x.unsqueeze(1), attack_steps=3, **kw)
+    assert both.extra["options"]["points"] == 1 and both.operator_norm.isfinite().all()
 
 
 def test_refine_above_ends_of_the_gate():
@@ -723,7 +749,7 @@ def test_cli_bound(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     rc = main(["bound", "--model", str(path), "--n", "3", "--norm", "2", "--eps", "0.1,0.2",
                "--method", "taylor,region", "--random", "1", "--ascent-steps", "1",
-               "--batch-size", "2", "--out", str(out), "--no-progress"])
+               "--attack-steps", "1", "--batch-size", "2", "--out", str(out), "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "euclidean" in text and "operator_norm" in text and "region" in text
@@ -739,3 +765,9 @@ def test_cli_bound(tmp_path, capsys):
             assert by["region", eps, i]["euclidean"] >= by["taylor", eps, i]["euclidean"]
     assert main(["bound", "--model", str(path), "--n", "2", "--eps", "0.1", "--method",
                  "nope", "--no-progress"]) == 2
+    # the region flags reach region only
+    parser = argparse.ArgumentParser()
+    bound_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--eps", "0.1", "--attack-steps", "2",
+                              "--method", "taylor,region"])
+    assert bound_cli._bound_options(args, args.method) == {"region": {"attack_steps": 2}}

@@ -81,6 +81,7 @@ REGION_SPECS: dict[str, Option] = {
     "screen_iter": Option(1, minimum=1),
     "points_iter": Option(4, minimum=1),
     "coarse_ig_steps": Option(8, minimum=1, none_ok=True),  # None: never coarsen
+    "attack_steps": Option(0, minimum=0),  # 0: search only the caller's points
 }
 
 #: options of taylor and region, with their defaults (see :func:`attrbound.bound`)

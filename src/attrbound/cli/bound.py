@@ -37,6 +37,7 @@ from attrbound.errors import AttrboundError
 #: flag dest -> the bound methods it is an option of
 _SOLVER_FLAGS = {"tol": ("taylor", "region"), "max_iter": ("taylor", "region"),
                  "random": ("region",), "ascent_steps": ("region",), "restarts": ("region",),
+                 "attack_steps": ("region",),
                  "smoothing": ("smoothed",), "sigma": ("smoothed",), "samples": ("smoothed",),
                  "alpha": ("smoothed",)}
 
@@ -70,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="region: gradient-ascent steps on the operator norm (default 10)")
     p.add_argument("--restarts", type=int, default=None,
                    help="region: ascent runs per input (default 1)")
+    p.add_argument("--attack-steps", type=int, default=None,
+                   help="region: steps of its own pgd attack (2 runs) whose points it "
+                   "searches (default 0: none; a stronger estimate at l-inf, see "
+                   "docs/design.md 3.2)")
     p.add_argument("--smoothing", default=None, choices=["gaussian", "uniform"],
                    help="smoothed: the noise (default gaussian)")
     p.add_argument("--sigma", type=float, default=None,
