@@ -624,24 +624,36 @@ def test_user_errors(kwargs, match):
 
 @pytest.mark.parametrize(("relu", "norm"), [(False, "inf"), (True, "inf"), (False, "2")])
 def test_region_attack_steps_searches_its_attacks_points(relu, norm):
-    # attack_steps runs pgd (2 runs, same seed, same map: the surrogate's for a ReLU model)
-    # and searches its points exactly as if the caller had passed them
+    # attack_steps runs pgd (2 runs) with region's own seed, target, domain and map (the
+    # surrogate's for a ReLU model) and searches its points exactly as if the caller had
+    # passed them; the non-default seed, target, domain and attribution would expose any of
+    # them not passed on
     model = _relu_mlp() if relu else _mlp(d=6, seed=8)
     x = _inputs((6,), b=3)
     beta = 10.0 if relu else None
-    kw = {"eps": 0.2, "norm": norm, "method": "region", "surrogate_beta": beta}
-    res = attrbound.attack(model, x, eps=0.2, norm=norm, method="pgd", steps=3, restarts=2,
-                           seed=0, surrogate_beta=beta)
+    target = (model(x).argmax(1) + 1) % 3
+    common = {"eps": 0.2, "norm": norm, "surrogate_beta": beta, "target": target,
+              "domain": (-0.5, 1.5), "seed": 3, "attribution": "input_x_gradient"}
+    # region's batch_size (inputs per pass) reaches the attack as 2 runs x 2 inputs per pass;
+    # both draw their random streams pass by pass, so both calls use the same batch sizes
+    res = attrbound.attack(model, x, method="pgd", steps=3, restarts=2, batch_size=4, **common)
     points = torch.cat([res.x_adv.unsqueeze(1), res.points], dim=1)
-    given = bound(model, x, points=points, **kw)
-    own = bound(model, x, attack_steps=3, **kw)
+    given = bound(model, x, method="region", points=points, batch_size=2, **common)
+    own = bound(model, x, method="region", attack_steps=3, batch_size=2, **common)
     assert points.shape[1] == 3
     assert torch.equal(own.operator_norm, given.operator_norm)
     assert own.source == given.source
     assert own.extra["options"]["attack_steps"] == 3
-    # with the caller's points too: both are searched, the caller's are what is recorded
-    both = bound(model, x, points=x.unsqueeze(1), attack_steps=3, **kw)
-    assert both.extra["options"]["points"] == 1 and both.operator_norm.isfinite().all()
+    # with the caller's points too: the caller's come first, then the attack's
+    mine = x.unsqueeze(1) + 0.1
+    both = bound(model, x, method="region", points=mine, attack_steps=3, batch_size=2,
+                 **common)
+    ref = bound(model, x, method="region", points=torch.cat([mine, points], dim=1),
+                batch_size=2, **common)
+    assert torch.equal(both.operator_norm, ref.operator_norm)
+    assert both.extra["options"]["points"] == 1  # the caller's, as given
+    assert bound(model, x, method="region", points=x + 0.1, **common).extra["options"][
+        "points"] == 1  # [B, *S] is one point per input
 
 
 def test_refine_above_ends_of_the_gate():
@@ -654,6 +666,7 @@ def test_refine_above_ends_of_the_gate():
     assert torch.equal(never.operator_norm, off.operator_norm)
     every = bound(model, x, refine_above=0, **kw)
     assert (every.operator_norm >= every.lower).all() and every.operator_norm.isfinite().all()
+    assert not torch.equal(every.operator_norm, never.operator_norm)  # the refined weights
 
 
 def test_nan_and_bad_inputs():

@@ -159,11 +159,12 @@ def bound(
             spectral start and a random one; the default schedule; on the same map) and
             searches its points with the caller's (default 0: off, only the caller's). The
             search is as strong as its points: at l-inf the attacks' points raised region by
-            a median 1.04-1.49x on the demo's model, and the one input where region alone was
-            beaten by 50-step attacks is lifted above them with 5 steps
+            a median 1.04-1.49x on the demo's model, and with 5 steps no input was beaten by
+            50-step attacks (region alone: one)
             (benchmarks/results/region_search.md). Costs the attack plus 3 searched points:
             1.4-1.7x region's time at 5 steps at l-inf on the demo's model, 2x at l2, where it
-            gains nothing (the ascent climbs there).
+            gains nothing (the ascent climbs there). More points can also lower the estimate
+            on an input: the ascent starts from the best-scoring point, wherever it is.
         ascent_steps: projected gradient-ascent steps on ||J(z)||_{p->2} (default 10;
             0 switches the ascent off); restarts: ascent runs per input (default 1: from the
             best point screened so far; more runs start at random points).

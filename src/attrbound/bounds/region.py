@@ -344,22 +344,26 @@ ATTACK_RUNS = 2
 def attack_points(
     model: nn.Module, x: Tensor, attr: Attribution, *, eps: float, norm: str, target: Tensor,
     domain: tuple[float, float] | None, surrogate_beta: float | None, steps: int, seed: int,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Points [B, 1 + ATTACK_RUNS, *S] for region's segment search, from a short pgd attack
     on the same map (on the surrogate when ``surrogate_beta`` is set): its result and each
     run's best iterate (:func:`attrbound.attacks.attack`, ``steps`` steps, the default
-    schedule, ``ATTACK_RUNS`` runs, ``seed``), as the campaign passes its attacks' points.
+    schedule, ``ATTACK_RUNS`` runs, ``seed``, ``batch_size`` inputs per pass: region's
+    option, None for the attack's default), as the
+    campaign passes its attacks' points.
 
     Why: at l-inf region's own ascent on ||J(z)|| climbs poorly (docs/design.md 3.2), while
     the attack goes to the vertices where the map moves most, and the ascent started there
-    finds more; on the input where standalone region was beaten (benchmarks/results/
-    region_search.md) 5 steps x 2 runs lifted it above the attack for 4 of 4 seeds.
+    finds more (benchmarks/results/region_search.md: with 5 steps no input beaten, where
+    region alone was beaten once).
     """
     from attrbound.attacks import attack  # bounds -> attacks: region searches their points
 
     res = attack(model, x, eps=eps, norm=norm, attribution=attr, method="pgd", steps=steps,
                  restarts=ATTACK_RUNS, seed=seed, surrogate_beta=surrogate_beta,
-                 target=target, domain=domain)
+                 target=target, domain=domain,
+                 batch_size=None if batch_size is None else batch_size * ATTACK_RUNS)
     return torch.cat([res.x_adv.unsqueeze(1), res.points], dim=1)
 
 
@@ -376,10 +380,13 @@ def run(
     call: Call = prepare("region", model, x, attr, target=target,
                          surrogate_beta=surrogate_beta, options=options, inside=domain)
     points = check_points(call.opts["points"], x, eps, norm, domain)
+    call.opts["points"] = points  # [B, P, *S]: the caller's points, as recorded in the result
     if call.opts["attack_steps"] > 0:
         found = attack_points(model, x, attr, eps=eps, norm=norm, target=call.target,
                               domain=domain, surrogate_beta=call.beta,
-                              steps=call.opts["attack_steps"], seed=int(call.opts["seed"]))
+                              steps=call.opts["attack_steps"], seed=int(call.opts["seed"]),
+                              batch_size=call.opts["batch_size"])
+        found = check_points(found, x, eps, norm, domain)
         points = found if points is None else torch.cat([points, found], dim=1)
     parts = []
     for sl, chunk in call.passes(x):
