@@ -22,8 +22,7 @@ class Option:
 
     ``minimum`` set: an integer >= minimum (bool excluded); ``positive``: a finite number > 0;
     ``nonnegative``: a number >= 0, inf included; ``probability``: a number in (0, 1); none
-    of them: not checked here. None is accepted
-    when it is the default or ``none_ok`` is set.
+    of them: not checked here. None is accepted when it is the default or ``none_ok`` is set.
     """
 
     default: Any

@@ -350,8 +350,7 @@ def attack_points(
     on the same map (on the surrogate when ``surrogate_beta`` is set): its result and each
     run's best iterate (:func:`attrbound.attacks.attack`, ``steps`` steps, the default
     schedule, ``ATTACK_RUNS`` runs, ``seed``, ``batch_size`` inputs per pass: region's
-    option, None for the attack's default), as the
-    campaign passes its attacks' points.
+    option, None for the attack's default), as the campaign passes its attacks' points.
 
     Why: at l-inf region's own ascent on ||J(z)|| climbs poorly (docs/design.md 3.2), while
     the attack goes to the vertices where the map moves most, and the ascent started there
