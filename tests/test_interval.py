@@ -653,21 +653,23 @@ def test_sequential_never_looser_than_before(case):
     assert all(float(a) <= float.fromhex(b) for a, b in zip(w, width, strict=True))
 
 
+class _LayerNormNet(nn.Module):
+    """conv -> LayerNorm (unsupported by interval) -> linear, on [B, 2, 4, 4]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.norm = nn.LayerNorm([2, 4, 4])
+        self.fc = nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.conv(x)).flatten(1))
+
+
 def test_graph_errors_are_clear():
     x = _inputs(0, dtype=torch.float64)
-
-    class Norm(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(2, 2, 3, padding=1)
-            self.norm = nn.LayerNorm([2, 4, 4])
-            self.fc = nn.Linear(32, 2)
-
-        def forward(self, z):
-            return self.fc(self.norm(self.conv(z)).flatten(1))
-
     with pytest.raises(AttrboundError, match=r"node norm \(module LayerNorm\); supported: "):
-        interval_bound(Norm().double().eval(), x, eps=0.1, norm="inf")
+        interval_bound(_LayerNormNet().double().eval(), x, eps=0.1, norm="inf")
 
     class Sorts(nn.Module):
         def __init__(self):
@@ -1315,3 +1317,132 @@ def test_constant_operands_that_are_not_affine_are_refused_clearly():
 
     with pytest.raises(AttrboundError, match="a constant divided by a tensor"):
         interval_bound(Recip().double().eval(), _inputs(0), eps=0.01, norm="inf")
+
+
+# ----------------------------------------------------------------------------------------
+# Exported graphs, functional layers, attrbound's Normalized wrapper
+# ----------------------------------------------------------------------------------------
+
+
+def _exported(model: nn.Module, x: torch.Tensor, path) -> nn.Module:
+    """model exported with a dynamic batch, saved and loaded as attrbound loads a .pt2."""
+    from attrbound.intake import load_exported
+
+    ep = torch.export.export(model, (x[:2],), dynamic_shapes={"x": {0: torch.export.Dim("b")}})
+    torch.export.save(ep, str(path))
+    return load_exported(path)
+
+
+def _same_intervals(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.intervals, b.intervals, strict=True)) and \
+        torch.equal(a.euclidean, b.euclidean)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "functional-cnn"])
+def test_exported_graph_has_the_eager_models_intervals_and_is_sound(kind, tmp_path):
+    """A torch.export archive (aten ops: conv2d, batch_norm, relu_, add_, max_pool2d,
+    adaptive_avg_pool2d, flatten, linear) gets the same intervals as the eager model it was
+    exported from, at l-inf (saliency) and l2 (integrated gradients), and they contain the
+    exported graph's own maps at sampled points and ascent iterates."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    if kind == "resnet":
+        model, x = ready(ResNet(cin=3, channels=(4, 6))), torch.rand(3, 3, 8, 8, generator=g)
+    else:
+        model, x = ready(FunctionalCNN(cin=1, size=8)), torch.rand(3, 1, 8, 8, generator=g)
+    exported = _exported(model, x, tmp_path / "m.pt2")
+    for norm, eps, name, opts in (("inf", 0.01, "saliency", {}),
+                                  ("2", 0.05, "integrated_gradients", {"steps": 4})):
+        eager = interval_bound(model, x, eps=eps, norm=norm, attribution=name, **opts)
+        graph = interval_bound(exported, x, eps=eps, norm=norm, attribution=name, **opts)
+        assert _same_intervals(eager, graph)
+    _check_sound(exported, x, 0.01, "inf", "saliency", "crown", seed=2)
+
+
+class _FunctionalLayers(nn.Module):
+    """conv (groups 2, stride 2, dilation) -> batch_norm (eval) -> relu -> linear, written
+    with F.conv2d / F.batch_norm / F.linear on the module's parameters and buffers."""
+
+    def __init__(self, modules: nn.Sequential) -> None:
+        super().__init__()
+        self.m = modules
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        conv, bn, fc = self.m[0], self.m[1], self.m[4]
+        h = F.conv2d(z, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                     conv.groups)
+        h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1,
+                         bn.eps)
+        return F.linear(torch.relu(h).flatten(1), fc.weight, fc.bias)
+
+
+def test_functional_conv_batch_norm_and_linear_are_their_layers():
+    """F.conv2d / F.batch_norm / F.linear with the model's weights give exactly the intervals
+    of the same network written with modules; weights that depend on the input and
+    batch_norm in training mode are one sentence."""
+    torch.manual_seed(0)
+    modules = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2, groups=2),
+                            nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
+    modules = ready(modules, torch.float64)
+    functional = _FunctionalLayers(modules).eval()
+    x = _inputs(4)
+    with torch.no_grad():
+        assert torch.equal(functional(x), modules(x))
+    for norm, eps in (("inf", 0.02), ("2", 0.1)):
+        a = interval_bound(modules, x, eps=eps, norm=norm)
+        b = interval_bound(functional, x, eps=eps, norm=norm)
+        assert _same_intervals(a, b)
+
+    class InputWeights(nn.Module):
+        def forward(self, z):
+            flat = z.flatten(1)
+            return F.linear(flat, flat)  # [B, B]: a weight row per example
+
+    with pytest.raises(AttrboundError, match="weights that depend on the input"):
+        interval_bound(InputWeights().eval(), x, eps=0.01, norm="inf")
+
+    class TrainingNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 2)
+            self.register_buffer("rm", torch.zeros(2))
+            self.register_buffer("rv", torch.ones(2))
+
+        def forward(self, z):
+            return self.fc(F.batch_norm(z, self.rm, self.rv, training=True).flatten(1))
+
+    with pytest.raises(AttrboundError, match="training mode"):
+        interval_bound(TrainingNorm().double().eval(), x, eps=0.01, norm="inf")
+
+
+def test_attrbound_normalized_wrapper_is_bounded_around_eager_and_exported_models(tmp_path):
+    """attrbound.intake.Normalized (the command line's --mean / --std) around an eager and an
+    exported ResNet: the intervals of the same normalisation written in a forward
+    (helpers' Normalized), and sound in float32."""
+    from helpers.models import Normalized as InForward
+
+    from attrbound.intake import Normalized
+
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    torch.manual_seed(0)
+    inner = ready(ResNet(cin=3, channels=(4, 6)))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    reference = InForward(inner, mean, std).eval()
+    wrapped = Normalized(inner, mean, std).eval()
+    around_graph = Normalized(_exported(inner, x, tmp_path / "r.pt2"), mean, std).eval()
+    for norm, eps in (("inf", 0.01), ("2", 0.05)):
+        ref = interval_bound(reference, x, eps=eps, norm=norm)
+        assert _same_intervals(ref, interval_bound(wrapped, x, eps=eps, norm=norm))
+        assert _same_intervals(ref, interval_bound(around_graph, x, eps=eps, norm=norm))
+    _check_sound(wrapped, x, 0.01, "inf", "saliency", "crown", seed=3)
+    with pytest.raises(AttrboundError, match="3 channels"):
+        interval_bound(Normalized(nn.Sequential(nn.Flatten(), nn.Linear(32, 2)), mean,
+                                  std).eval(), _inputs(0, dtype=torch.float32), eps=0.01,
+                       norm="inf")
+
+
+def test_exported_graph_with_an_unsupported_op_names_it(tmp_path):
+    x = _inputs(0, dtype=torch.float32)
+    exported = _exported(ready(_LayerNormNet()), x, tmp_path / "n.pt2")
+    with pytest.raises(AttrboundError, match=r"layer_norm.*supported: modules Linear"):
+        interval_bound(exported, x, eps=0.01, norm="inf")

@@ -38,6 +38,7 @@ before the write.
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +259,16 @@ def _eval(model: nn.Module) -> None:
             m.training = False
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``. Copying a torch.export graph copies its pytree specs, and
+    torch itself then warns that ``LeafSpec`` is deprecated, on every copy: a detail of
+    torch's internals the user can do nothing about, so that one FutureWarning is silenced
+    here (every other warning passes)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        return copy.deepcopy(model)
+
+
 def _freeze(model: nn.Module) -> nn.Module:
     _eval(model)
     for p in model.parameters():
@@ -299,7 +310,7 @@ def smooth_surrogate(model: nn.Module, beta: float = 10.0) -> nn.Module:
     if not beta > 0:
         raise AttrboundError(f"surrogate beta must be > 0, got {beta}.")
     try:
-        surrogate = copy.deepcopy(model)
+        surrogate = copy_model(model)
     except Exception as exc:
         raise AttrboundError(f"cannot copy the model to build its surrogate ({exc}).") from None
     if _module_scan(surrogate)[1]:

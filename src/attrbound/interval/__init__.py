@@ -36,7 +36,6 @@ outward).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from attrbound.interval.ops import SUPPORTED_LAYERS
 from attrbound.interval.perturbation import ball_set, point_set
 from attrbound.interval.rounding import EVALUATIONS, K_FUNC, U64, Units, cast_out, units_for
 from attrbound.results import BoundResult, cosine_from_euclidean
+from attrbound.surrogate import copy_model
 
 __all__ = [
     "ATTRIBUTIONS", "EVALUATIONS", "K_FUNC", "MAX_ELEMENTS", "SUPPORTED_LAYERS", "SUPPORTED_NODES",
@@ -180,7 +180,7 @@ def _check_eval(model: nn.Module) -> None:
 
 def _float64_copy(model: nn.Module) -> nn.Module:
     """An eval-mode float64 deep copy of the model with no parameter requiring gradients."""
-    m = copy.deepcopy(model).to(torch.float64)
+    m = copy_model(model).to(torch.float64)
     m.eval()
     for p in m.parameters():
         p.requires_grad_(False)

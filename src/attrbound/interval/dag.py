@@ -9,6 +9,12 @@ Nodes in topological order; node 0 is the input, the last node the logits [N, K]
 - ``add``: the sum of two nodes of the same shape (residual connections);
 - ``cat``: the concatenation of nodes along ``dim`` (counting the batch dimension).
 
+Functional ``conv2d`` / ``linear`` / ``batch_norm`` with the model's parameters become the
+layer's op. Graphs from ``torch.export`` (aten ops) are first rewritten as the same torch-level
+calls (:mod:`attrbound.interval.aten`); a :class:`~attrbound.intake.Normalized` model
+(``model((x - mean) / std)``, the command line's ``--mean`` / ``--std``) is its model's graph
+after two ``affine`` nodes, x - mean and then / std.
+
 Identity, contiguous and eval-mode dropout are no node at all (their input is used). Every
 traced tensor keeps the batch as its first dimension (checked on a batch of two). The graph is
 checked against the model: evaluated in float64 on the inputs it must reproduce the model's
@@ -30,6 +36,8 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from attrbound.errors import AttrboundError
+from attrbound.intake.model import Normalized
+from attrbound.interval.aten import to_torch_level
 from attrbound.interval.graph import Net, NotAChain
 from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
 from attrbound.interval.ops.affine import Elementwise
@@ -42,9 +50,10 @@ SUPPORTED_NODES = (
     "modules " + SUPPORTED_LAYERS.split(" (")[0] + ", MaxPool2d, AdaptiveAvgPool2d, Identity, "
     "Dropout (eval); functions relu, leaky_relu, tanh, sigmoid, softplus, elu, gelu, "
     "max_pool2d, avg_pool2d, "
-    "adaptive_avg_pool2d, mean, add / + of two tensors, + - * / of a tensor and a constant "
+    "adaptive_avg_pool2d, mean, conv2d / linear / batch_norm (eval) with the model's "
+    "parameters, add / + of two tensors, + - * / of a tensor and a constant "
     "(a number, a parameter or a buffer broadcast over the batch), negation, cat, flatten, "
-    "view, reshape, contiguous, dropout (eval)"
+    "view, reshape, contiguous, dropout (eval); torch.export graphs of these ops"
 )
 
 _RELU = {F.relu, torch.relu, "relu", "relu_", torch.relu_}
@@ -56,7 +65,7 @@ _DIV = {operator.truediv, operator.itruediv, torch.div, "div", "div_", "__truedi
 _NEG = {operator.neg, torch.neg, "neg", "__neg__"}
 _CAT = {torch.cat, torch.concat}
 _RESHAPE = {torch.flatten, "flatten", "view", "reshape", torch.reshape}
-_SKIP = {"contiguous", "clone", "detach"}
+_SKIP = {"contiguous", "clone", "detach", torch.clone, torch.detach}
 
 
 @dataclass
@@ -81,6 +90,22 @@ def network(model: nn.Module, x64: Tensor, device: torch.device) -> Net | Dag:
         return Dag(model, x64, device)
 
 
+def _normalisation(model: Normalized, example: Tensor, device: torch.device
+                   ) -> tuple[Tensor, Tensor]:
+    """(mean, std) of a Normalized model, float64, shaped to broadcast over example [2, *S]
+    with its own batch dimension of 1, as its forward does."""
+    shape = (1, model.mean.numel()) + (1,) * max(example.dim() - 2, 0)
+    mean, std = (t.detach().to(device=device, dtype=torch.float64).view(shape)
+                 for t in (model.mean, model.std))
+    try:
+        torch.broadcast_shapes(mean.shape, example.shape)
+    except RuntimeError:
+        raise AttrboundError(
+            f"mean/std have {mean.numel()} channels but the inputs are shaped "
+            f"{tuple(example.shape[1:])} after the batch (channels are dim 1).") from None
+    return mean, std
+
+
 def _unsupported(node: fx.Node, what: str) -> AttrboundError:
     return AttrboundError(
         f"the interval method does not support node {node.name} ({what}); "
@@ -100,15 +125,20 @@ class Dag:
     def __init__(self, model: nn.Module, x64: Tensor, device: torch.device) -> None:
         self.in_shape = tuple(int(s) for s in x64.shape[1:])
         self._device = device
+        inner, scale = (model.model, model) if isinstance(model, Normalized) else (model, None)
         try:
-            gm = fx.symbolic_trace(model)
+            gm = to_torch_level(fx.symbolic_trace(inner))
         except Exception as exc:  # fx raises many types for untraceable code
             raise AttrboundError(
-                f"the interval method could not trace {type(model).__name__} with torch.fx "
+                f"the interval method could not trace {type(inner).__name__} with torch.fx "
                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); it needs a "
                 "forward without data-dependent control flow."
             ) from None
         example = x64[:1].expand((2,) + self.in_shape).clone()
+        self._normalisation = None if scale is None else _normalisation(scale, example, device)
+        if self._normalisation is not None:
+            mean, std = self._normalisation
+            example = (example - mean) / std
         ShapeProp(gm).propagate(example)
         self.nodes: list[Node] = []
         index: dict[fx.Node, int] = {}
@@ -167,7 +197,15 @@ class Dag:
         if n.op == "placeholder":
             if self.nodes:
                 raise _unsupported(n, "a second input")
-            return Node("input", (), shape, name=n.name)
+            if self._normalisation is None:
+                return Node("input", (), shape, name=n.name)
+            mean, std = (torch.broadcast_to(t[0], shape).clone() for t in self._normalisation)
+            one = torch.ones(shape, dtype=torch.float64, device=device)
+            self.nodes += [Node("input", (), shape, name="x"),
+                           Node("affine", (0,), shape, Elementwise(one, -mean, shape, "x - mean"),
+                                name="x - mean")]
+            return Node("affine", (1,), shape,
+                        Elementwise(1 / std, torch.zeros_like(one), shape, "/ std"), name="/ std")
         if n.op not in ("call_module", "call_function", "call_method"):
             raise _unsupported(n, f"{n.op} {n.target}: a constant used as a tensor")
         tensor_args = [a for a in n.args if isinstance(a, fx.Node) and a in index]
@@ -216,6 +254,9 @@ class Dag:
         mod = self._functional(n, target)
         if mod is not None:
             return self._module(mod, n, index, shape, device)
+        layer = self._layer(n, target, index, ins)
+        if layer is not None:
+            return self._module(layer, n, index, shape, device, source=tensor_args[0])
         if target in (torch.mean, "mean"):
             dims = _arg(n, 1, "dim", None)
             if dims is None:
@@ -282,7 +323,8 @@ class Dag:
     def _functional(n: fx.Node, target: Any) -> nn.Module | None:
         """The nn.Module equal to a functional call, or None."""
         if target in _RELU:
-            return nn.ReLU(inplace=bool(n.kwargs.get("inplace", False)) or target == "relu_")
+            return nn.ReLU(inplace=bool(n.kwargs.get("inplace", False))
+                           or target in ("relu_", torch.relu_))
         if target in (torch.tanh, F.tanh, "tanh"):
             return nn.Tanh()
         if target in (torch.sigmoid, F.sigmoid, "sigmoid"):
@@ -307,9 +349,74 @@ class Dag:
                                 _arg(n, 6, "divisor_override", None))
         return None
 
+    def _layer(self, n: fx.Node, target: Any, index: dict[fx.Node, int],
+               ins: tuple[int, ...]) -> nn.Module | None:
+        """The layer equal to a functional conv2d, linear or batch_norm of the first argument
+        with constant weights (the model's parameters and buffers), or None for other
+        targets; weights that depend on the input, or batch_norm in training mode, are one
+        sentence."""
+        if target not in (F.conv2d, F.linear, F.batch_norm):
+            return None
+        if any(isinstance(a, fx.Node) and a in index for a in list(n.args[1:]) +
+               list(n.kwargs.values())):
+            raise _unsupported(n, f"{target.__name__} with weights that depend on the input")
+
+        def const(i: int, key: str) -> Tensor | None:
+            a = _arg(n, i, key, None)
+            if a is None:
+                return None
+            if not (isinstance(a, fx.Node) and a in self.consts):
+                raise _unsupported(n, f"{target.__name__} whose {key} is not a parameter or "
+                                   "buffer of the model")
+            return self.consts[a]
+
+        def fixed(m: nn.Module, **tensors: Tensor | None) -> nn.Module:
+            for name, t in tensors.items():  # the module was built on "meta": no weights yet
+                if isinstance(getattr(m, name, None), nn.Parameter) or t is None:
+                    setattr(m, name, None if t is None else nn.Parameter(t, False))
+                else:
+                    setattr(m, name, t)
+            return m
+
+        meta = {"device": "meta", "dtype": torch.float64}
+        if target is F.conv2d:
+            w, b = const(1, "weight"), const(2, "bias")
+            if w is None or w.dim() != 4:
+                raise _unsupported(n, "conv2d without a 4-d weight")
+            stride, padding = _arg(n, 3, "stride", 1), _arg(n, 4, "padding", 0)
+            dilation, groups = _arg(n, 5, "dilation", 1), int(_arg(n, 6, "groups", 1))
+            if isinstance(padding, str):
+                raise _unsupported(n, f"conv2d with padding={padding!r}")
+            conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride,
+                             padding, dilation, groups, bias=b is not None, **meta)
+            return fixed(conv, weight=w, bias=b)
+        if target is F.linear:
+            w, b = const(1, "weight"), const(2, "bias")
+            if w is None or w.dim() != 2:
+                raise _unsupported(n, "linear without a 2-d weight")
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, **meta)
+            return fixed(lin, weight=w, bias=b)
+        if bool(_arg(n, 5, "training", False)):
+            raise AttrboundError(f"node {n.name} (batch_norm) runs in training mode; "
+                                 "call model.eval() before exporting or bounding it.")
+        mean, var = const(1, "running_mean"), const(2, "running_var")
+        w, b = const(3, "weight"), const(4, "bias")
+        if mean is None or var is None or len(ins) not in (1, 3):
+            raise _unsupported(n, "batch_norm without running statistics, or of a tensor "
+                               "that is not [B, C] or [B, C, H, W]")
+        kind = nn.BatchNorm2d if len(ins) == 3 else nn.BatchNorm1d
+        bn = kind(mean.numel(), eps=float(_arg(n, 7, "eps", 1e-5)), affine=w is not None,
+                  **meta).eval()
+        if w is not None and b is None:
+            b = torch.zeros_like(w)
+        return fixed(bn, weight=w, bias=b, running_mean=mean, running_var=var)
+
     def _module(self, m: nn.Module, n: fx.Node, index: dict[fx.Node, int],
-                shape: tuple[int, ...], device: torch.device) -> Node | int:
-        args = [a for a in n.args if isinstance(a, fx.Node)]
+                shape: tuple[int, ...], device: torch.device,
+                source: fx.Node | None = None) -> Node | int:
+        """The Node of module m applied to n's one tensor argument (or to ``source``, the
+        input of a functional layer whose other arguments are its weights)."""
+        args = [a for a in n.args if isinstance(a, fx.Node)] if source is None else [source]
         if len(args) != 1 or args[0] not in index:
             raise _unsupported(n, f"{type(m).__name__} of {len(args)} tensors")
         src = index[args[0]]
