@@ -1446,3 +1446,13 @@ def test_exported_graph_with_an_unsupported_op_names_it(tmp_path):
     exported = _exported(ready(_LayerNormNet()), x, tmp_path / "n.pt2")
     with pytest.raises(AttrboundError, match=r"layer_norm.*supported: modules Linear"):
         interval_bound(exported, x, eps=0.01, norm="inf")
+    # a dynamic batch reads sym_size(x, 0) (the class token's expand): a size query, so the
+    # sentence names the first op the DAG cannot bound, as for the eager model
+    from helpers.models import TinyViT
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    vit = ready(TinyViT(cin=3, size=8))
+    with pytest.raises(AttrboundError, match=r"node transpose"):
+        interval_bound(vit, x, eps=0.01, norm="inf")
+    with pytest.raises(AttrboundError, match=r"node transpose_int \(function transpose"):
+        interval_bound(_exported(vit, x, tmp_path / "v.pt2"), x, eps=0.01, norm="inf")

@@ -161,7 +161,7 @@ class Dag:
             if not isinstance(meta, TensorMetadata):
                 # a size or a shape (used by reshapes) is fine; other non-tensor results of
                 # input-dependent tensors (sort's tuple, ...) are not
-                query = n.target in ("size", "dim") or (
+                query = n.target in ("size", "dim", torch.ops.aten.sym_size.int) or (
                     n.target is getattr and n.args[1] in ("shape", "ndim", "dtype", "device"))
                 uses = [a for a in n.all_input_nodes if a in index]
                 if uses and not query:
