@@ -1456,3 +1456,130 @@ def test_exported_graph_with_an_unsupported_op_names_it(tmp_path):
         interval_bound(vit, x, eps=0.01, norm="inf")
     with pytest.raises(AttrboundError, match=r"node transpose_int \(function transpose"):
         interval_bound(_exported(vit, x, tmp_path / "v.pt2"), x, eps=0.01, norm="inf")
+
+
+class _Head(nn.Module):
+    """a: Linear(32, 8) on the flattened input, then ``body(self, h)``, then b: Linear(8, 3);
+    c: a second Linear(8, 3) a body may use."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(32, 8), nn.Linear(8, 3), nn.Linear(8, 3)
+        self.body = body
+
+    def forward(self, x):
+        return self.body(self, self.a(x.flatten(1)))
+
+
+def _relu_through_view(m, h):  # the write lands in h, which b reads
+    h.view(-1, 8).relu_()
+    return m.b(h)
+
+
+def _add_then_read_base(m, h):  # statement-style write, then h read again
+    v = h.view(-1, 8)
+    h.add_(torch.relu(h))
+    return m.b(torch.relu(v))
+
+
+def _detached_branch(m, h):
+    h = torch.relu(h)
+    return m.b(h) + m.c(h.detach())
+
+
+def _no_grad_branch(m, h):
+    h = torch.relu(h)
+    with torch.no_grad():
+        k = m.c(h)
+    return m.b(h) + k
+
+
+def _in_place_chain(m, h):  # each write is the last use of its storage: accepted
+    h = h.mul_(2.0).add_(1.0)  # reading the result, not h as it was
+    return m.b(torch.relu_(h))
+
+
+@pytest.mark.parametrize("exported", [False, True], ids=["eager", "exported"])
+def test_writes_and_gradient_stops_the_trace_cannot_follow_are_refused(exported, tmp_path):
+    """An in-place write another alias reads later (through a view; a statement-style add_
+    then a read of the base), a detach, a no_grad region: the network would bound a
+    different gradient (the logits at x agree), so each is one sentence, in the eager model
+    and in its torch.export graph. A chain of writes that are each the last use of their
+    storage is bounded, soundly."""
+    x = _inputs(5, dtype=torch.float32)
+    cases = [(_relu_through_view, "writes in place"), (_add_then_read_base, "writes in place"),
+             (_detached_branch, "detach"),
+             (_no_grad_branch, "wrap_with_set_grad_enabled" if exported else "no_grad")]
+    for i, (body, message) in enumerate(cases):
+        torch.manual_seed(i)
+        model = _Head(body).eval()
+        if body is _relu_through_view:  # every unit positive at x: the ReLU is the identity
+            with torch.no_grad():  # there, so the logits agree and only the ball differs
+                model.a.bias -= model.a(x.flatten(1)).min(0).values - 0.005
+        if exported:
+            model = _exported(model, x, tmp_path / f"{i}.pt2")
+        with pytest.raises(AttrboundError, match=message):
+            interval_bound(model, x, eps=0.02, norm="inf")
+    torch.manual_seed(9)
+    chain = _Head(_in_place_chain).eval()
+    if exported:
+        chain = _exported(chain, x, tmp_path / "chain.pt2")
+    _check_sound(chain, x, 0.02, "inf", "saliency", "crown", seed=4)
+
+
+def test_graphs_that_cannot_run_on_the_checked_batch_are_one_sentence(tmp_path):
+    """A static-batch export (the batch size baked into a view), a dtype cast, a 3-channel
+    normalisation of 1-channel inputs, F.batch_norm with a bias and no weight (bounded,
+    as the same layer with unit weights)."""
+    from attrbound.intake import Normalized
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 3)
+
+        def forward(self, x):
+            return self.fc(x.view(x.size(0), -1))
+
+    class Cast(Flat):
+        def forward(self, x):
+            return self.fc(x.flatten(1).double().float())
+
+    x = _inputs(6, b=1, dtype=torch.float32)
+    ep = torch.export.export(Flat().eval(), (x,))  # static: batch 1
+    torch.export.save(ep, str(tmp_path / "static.pt2"))
+    from attrbound.intake import load_exported
+
+    with pytest.raises(AttrboundError, match="any batch size"):
+        interval_bound(load_exported(tmp_path / "static.pt2"), x, eps=0.01, norm="inf")
+    with pytest.raises(AttrboundError, match="casts no dtype"):
+        interval_bound(_exported(Cast().eval(), _inputs(6, dtype=torch.float32),
+                                 tmp_path / "cast.pt2"), x, eps=0.01, norm="inf")
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3)).eval()
+    with pytest.raises(AttrboundError, match="3 channels"):
+        interval_bound(Normalized(conv, [0.5] * 3, [0.2] * 3).eval(),
+                       torch.rand(2, 1, 4, 4), eps=0.01, norm="inf")
+
+    class BiasOnly(nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.fc = nn.Linear(32, 3)
+            self.register_buffer("rm", torch.rand(2, dtype=torch.float64))
+            self.register_buffer("rv", torch.rand(2, dtype=torch.float64) + 0.5)
+            self.register_buffer("beta", torch.randn(2, dtype=torch.float64))
+            self.register_buffer("ones", torch.ones(2, dtype=torch.float64))
+            self.weight = weight
+
+        def forward(self, z):
+            w = self.ones if self.weight else None
+            return self.fc(F.batch_norm(z, self.rm, self.rv, w, self.beta).flatten(1))
+
+    torch.manual_seed(0)
+    without = BiasOnly(False).double().eval()
+    with_ones = copy.deepcopy(without)
+    with_ones.weight = True
+    z = _inputs(7)
+    with torch.no_grad():
+        assert torch.equal(without(z), with_ones(z))
+    a = _check_sound(without, z, 0.02, "inf", "saliency", "crown", seed=5)
+    assert _same_intervals(a, interval_bound(with_ones, z, eps=0.02, norm="inf"))

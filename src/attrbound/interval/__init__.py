@@ -159,8 +159,30 @@ def _prepare(
                                int(max_elements), "crown", BRANCHES)
     lo, hi = torch.nan_to_num(lo, nan=-math.inf), torch.nan_to_num(hi, nan=math.inf)
     plo, phi = torch.nan_to_num(plo, nan=-math.inf), torch.nan_to_num(phi, nan=math.inf)
+    _check_map_at_x(a64, xd, tgt, plo, phi)
     return _Prepared(lo=lo, hi=hi, plo=plo, phi=phi, attr=a64, target=tgt, norm=norm, eps=eps,
                      units=units, x64=xd)
+
+
+def _check_map_at_x(attr: Attribution, x64: Tensor, target: Tensor, plo: Tensor,
+                    phi: Tensor) -> None:
+    """Refuse a network whose gradient pass is not the model's: A(x), computed by autograd
+    on the float64 copy, must lie in the certified intervals of A(x) itself (up to 1e-9 of
+    the map's scale, far below the model's own rounding, which the intervals contain). The
+    network's logits were checked when it was built; this catches what changes only the
+    gradient: a detach, or a no_grad region, that tracing cannot see."""
+    with torch.enable_grad():
+        ref = attr.attribute(x64, target).detach()
+    scale = ref.flatten(1).abs().amax(dim=1).clamp_min(1e-300)
+    slack = 1e-9 * scale.reshape((-1,) + (1,) * (ref.dim() - 1))
+    miss = torch.maximum(plo - slack - ref, ref - phi - slack).clamp_min(0)
+    if bool((miss > 0).any()):
+        worst = float((miss.flatten(1).amax(dim=1) / scale).max())
+        raise AttrboundError(
+            "the interval method's network does not reproduce the model's attribution at x "
+            f"(off by {worst:.3g} of the map's scale), though it reproduces its logits: a "
+            "detach or a no_grad region in the forward changes the gradient where tracing "
+            "cannot see it; remove it to bound this model.")
 
 
 def _check_eval(model: nn.Module) -> None:

@@ -15,6 +15,10 @@ calls (:mod:`attrbound.interval.aten`); a :class:`~attrbound.intake.Normalized` 
 (``model((x - mean) / std)``, the command line's ``--mean`` / ``--std``) is its model's graph
 after two ``affine`` nodes, x - mean and then / std.
 
+In-place writes are checked first (:mod:`attrbound.interval.aliasing`: refused where another
+alias of the storage is read after the write), ``detach`` is refused (no gradient flows through
+it), and so is a higher-order op of an exported graph (a ``no_grad`` or autocast region).
+
 Identity, contiguous and eval-mode dropout are no node at all (their input is used). Every
 traced tensor keeps the batch as its first dimension (checked on a batch of two). The graph is
 checked against the model: evaluated in float64 on the inputs it must reproduce the model's
@@ -37,6 +41,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from attrbound.errors import AttrboundError
 from attrbound.intake.model import Normalized
+from attrbound.interval.aliasing import check_in_place_writes
 from attrbound.interval.aten import to_torch_level
 from attrbound.interval.graph import Net, NotAChain
 from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
@@ -65,7 +70,8 @@ _DIV = {operator.truediv, operator.itruediv, torch.div, "div", "div_", "__truedi
 _NEG = {operator.neg, torch.neg, "neg", "__neg__"}
 _CAT = {torch.cat, torch.concat}
 _RESHAPE = {torch.flatten, "flatten", "view", "reshape", torch.reshape}
-_SKIP = {"contiguous", "clone", "detach", torch.clone, torch.detach}
+_SKIP = {"contiguous", "clone", torch.clone}
+_DETACH = {"detach", torch.detach}
 
 
 @dataclass
@@ -90,19 +96,36 @@ def network(model: nn.Module, x64: Tensor, device: torch.device) -> Net | Dag:
         return Dag(model, x64, device)
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _refuse_regions(model: nn.Module) -> None:
+    """Refuse a torch.export graph with a higher-order op: a ``no_grad`` or autocast region
+    is one (``wrap_with_set_grad_enabled``, ...), and retracing the graph with fx inlines its
+    ops without the switch, so the gradient pass would go through a branch that has none."""
+    if not isinstance(model, fx.GraphModule):
+        return
+    for n in model.graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, torch._ops.HigherOrderOperator):
+            raise AttrboundError(
+                f"the interval method cannot bound node {n.name} ({n.target.name()}): "
+                "torch.export wrapped a no_grad, autocast or other region there; export the "
+                "model without it.")
+
+
 def _normalisation(model: Normalized, example: Tensor, device: torch.device
                    ) -> tuple[Tensor, Tensor]:
     """(mean, std) of a Normalized model, float64, shaped to broadcast over example [2, *S]
-    with its own batch dimension of 1, as its forward does."""
-    shape = (1, model.mean.numel()) + (1,) * max(example.dim() - 2, 0)
+    with its own batch dimension of 1, as its forward does (and with its channel check)."""
+    c = model.mean.numel()
+    if c > 1 and (example.dim() < 2 or example.shape[1] != c):
+        raise AttrboundError(
+            f"mean/std have {c} channels but the inputs are shaped "
+            f"{tuple(example.shape[1:])} after the batch (channels are dim 1).")
+    shape = (1, c) + (1,) * max(example.dim() - 2, 0)
     mean, std = (t.detach().to(device=device, dtype=torch.float64).view(shape)
                  for t in (model.mean, model.std))
-    try:
-        torch.broadcast_shapes(mean.shape, example.shape)
-    except RuntimeError:
-        raise AttrboundError(
-            f"mean/std have {mean.numel()} channels but the inputs are shaped "
-            f"{tuple(example.shape[1:])} after the batch (channels are dim 1).") from None
     return mean, std
 
 
@@ -126,20 +149,31 @@ class Dag:
         self.in_shape = tuple(int(s) for s in x64.shape[1:])
         self._device = device
         inner, scale = (model.model, model) if isinstance(model, Normalized) else (model, None)
+        _refuse_regions(inner)
         try:
-            gm = to_torch_level(fx.symbolic_trace(inner))
+            gm = fx.symbolic_trace(inner)
         except Exception as exc:  # fx raises many types for untraceable code
             raise AttrboundError(
                 f"the interval method could not trace {type(inner).__name__} with torch.fx "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); it needs a "
-                "forward without data-dependent control flow."
+                f"({_first_line(exc)}); it needs a forward without data-dependent control flow."
             ) from None
+        check_in_place_writes(gm)
+        to_torch_level(gm)
         example = x64[:1].expand((2,) + self.in_shape).clone()
         self._normalisation = None if scale is None else _normalisation(scale, example, device)
         if self._normalisation is not None:
             mean, std = self._normalisation
             example = (example - mean) / std
-        ShapeProp(gm).propagate(example)
+        try:
+            ShapeProp(gm).propagate(example)
+        except Exception as exc:  # whatever the graph's own ops raise (ShapeProp wraps it)
+            raise AttrboundError(
+                f"the interval method could not run the traced graph of {type(inner).__name__} "
+                f"on a batch of 2 inputs in float64 ({_first_line(exc.__cause__ or exc)}); it "
+                "needs a graph "
+                "that takes any batch size (export with a dynamic batch dimension) and casts "
+                "no dtype."
+            ) from None
         self.nodes: list[Node] = []
         index: dict[fx.Node, int] = {}
         self.consts: dict[fx.Node, Tensor] = {}  # parameters and buffers used as tensors
@@ -246,6 +280,9 @@ class Dag:
                                                  name=n.name)
         if target in _SKIP:
             return src
+        if target in _DETACH:
+            raise _unsupported(n, "detach: the model's gradient does not flow through it, and "
+                               "the gradient pass has no such node")
         if target in (F.dropout, "dropout"):
             if _arg(n, 2, "training", True) and _arg(n, 1, "p", 0.5) > 0:
                 raise AttrboundError(f"node {n.name} (dropout) runs in training mode; "
@@ -405,10 +442,12 @@ class Dag:
             raise _unsupported(n, "batch_norm without running statistics, or of a tensor "
                                "that is not [B, C] or [B, C, H, W]")
         kind = nn.BatchNorm2d if len(ins) == 3 else nn.BatchNorm1d
-        bn = kind(mean.numel(), eps=float(_arg(n, 7, "eps", 1e-5)), affine=w is not None,
+        affine = w is not None or b is not None
+        bn = kind(mean.numel(), eps=float(_arg(n, 7, "eps", 1e-5)), affine=affine,
                   **meta).eval()
-        if w is not None and b is None:
-            b = torch.zeros_like(w)
+        if affine:  # the missing one of weight and bias is its identity value
+            w = torch.ones_like(mean) if w is None else w
+            b = torch.zeros_like(mean) if b is None else b
         return fixed(bn, weight=w, bias=b, running_mean=mean, running_var=var)
 
     def _module(self, m: nn.Module, n: fx.Node, index: dict[fx.Node, int],
@@ -421,8 +460,6 @@ class Dag:
             raise _unsupported(n, f"{type(m).__name__} of {len(args)} tensors")
         src = index[args[0]]
         ins = self.nodes[src].shape
-        if getattr(m, "inplace", False) and len(args[0].users) > 1:
-            raise _unsupported(n, f"in-place {type(m).__name__} on a tensor used elsewhere")
         if isinstance(m, nn.MaxPool2d):
             if m.ceil_mode or m.return_indices or len(ins) != 3:
                 raise _unsupported(n, "MaxPool2d with ceil_mode or return_indices")
