@@ -31,7 +31,7 @@ from attrbound.interval import attribution_intervals, interval_bound
 from attrbound.interval.rounding import units_for as _units_for
 from attrbound.results import cosine_from_euclidean
 
-ACTS = ("relu", "leaky_relu", "softplus", "elu", "tanh", "sigmoid", "gelu")
+ACTS = ("relu", "leaky_relu", "softplus", "elu", "tanh", "sigmoid", "gelu", "silu")
 NAMES = ("saliency", "input_x_gradient", "integrated_gradients")
 
 
@@ -46,6 +46,8 @@ def _act(name: str, param: float) -> nn.Module:
         return nn.LeakyReLU(0.1 * param)
     if name == "gelu":
         return nn.GELU()
+    if name == "silu":
+        return nn.SiLU()
     return nn.Tanh() if name == "tanh" else nn.Sigmoid()
 
 
@@ -394,7 +396,7 @@ def _tiny() -> nn.Sequential:
     (nn.LayerNorm([2, 4, 4]), "LayerNorm"),
     (nn.GELU(approximate="tanh"), "GELU"),
     (nn.LeakyReLU(-0.1), "LeakyReLU"),
-    (nn.SiLU(), "SiLU"),
+    (nn.Hardswish(), "Hardswish"),
     (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
 ])
 def test_unsupported_layer_is_named(layer, name):
@@ -866,17 +868,19 @@ def test_result_says_its_guarantee_is_deterministic():
 # ----------------------------------------------------------------------------------------
 
 ACT_MODULES = [nn.ReLU(), nn.LeakyReLU(0.1), nn.LeakyReLU(2.0), nn.Softplus(beta=3.0),
-               nn.ELU(), nn.ELU(alpha=2.0), nn.Tanh(), nn.Sigmoid(), nn.GELU()]
+               nn.ELU(), nn.ELU(alpha=2.0), nn.Tanh(), nn.Sigmoid(), nn.GELU(), nn.SiLU()]
 
 
 def _act_intervals() -> tuple[torch.Tensor, torch.Tensor]:
     """Intervals [lo, hi] [K]: random ones, and narrow ones around GELU's minimiser
-    (-0.7518), its slope's extremes (-+sqrt 2) and the kink at 0, where a range taken from the
-    end points alone misses the extreme value."""
+    (-0.7518), its slope's extremes (-+sqrt 2), SiLU's minimiser (-1.2785) and slope extremes
+    (-+2.3994) and the kink at 0, where a range taken from the end points alone misses the
+    extreme value."""
     g = torch.Generator().manual_seed(0)
     c = torch.cat([6 * torch.randn(200, generator=g, dtype=torch.float64),
-                   torch.tensor([-0.7518, -math.sqrt(2), math.sqrt(2), 0.0, -0.75, 1.41],
-                                dtype=torch.float64).repeat(20)])
+                   torch.tensor([-0.7518, -math.sqrt(2), math.sqrt(2), 0.0, -0.75, 1.41,
+                                 -1.2785, -2.3994, 2.3994, -1.27], dtype=torch.float64)
+                   .repeat(20)])
     w = torch.rand(c.shape, generator=g, dtype=torch.float64) * torch.where(
         torch.arange(c.numel()) < 200, 4.0, 0.5)
     return c - w, c + w
@@ -913,7 +917,7 @@ def test_activation_intervals_contain_torch_values_and_derivatives(module, dtype
 
 
 class _FunctionalActs(nn.Module):
-    """A custom forward with the functional leaky_relu and gelu (traced by torch.fx)."""
+    """A custom forward with the functional leaky_relu, gelu and silu (traced by torch.fx)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -924,7 +928,7 @@ class _FunctionalActs(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.leaky_relu(self.conv(x), 0.2)
         h = torch.nn.functional.gelu(self.fc1(h.flatten(1)))
-        return self.fc2(h)
+        return self.fc2(torch.nn.functional.silu(h))
 
 
 def test_functional_leaky_relu_and_gelu_graph_is_sound():

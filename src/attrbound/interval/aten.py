@@ -80,13 +80,15 @@ REWRITES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]],
     aten.linear.default: _same(F.linear),
     aten.batch_norm.default: _batch_norm,
     aten.relu.default: _same(torch.relu),
-    aten.relu_.default: _same(torch.relu_),
+    aten.relu_.default: _same(torch.relu),
     aten.leaky_relu.default: _same(F.leaky_relu),
     aten.softplus.default: _same(F.softplus),
     aten.elu.default: _elu,
     aten.tanh.default: _same(torch.tanh),
     aten.sigmoid.default: _same(torch.sigmoid),
     aten.gelu.default: _same(F.gelu),
+    aten.silu.default: _same(F.silu),
+    aten.silu_.default: _same(F.silu),
     aten.max_pool2d.default: _pool(F.max_pool2d),
     aten.avg_pool2d.default: _pool(F.avg_pool2d),
     aten.adaptive_avg_pool2d.default: _same(F.adaptive_avg_pool2d),
@@ -115,10 +117,10 @@ REWRITES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]],
 def to_torch_level(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite, in place, every node of ``gm`` whose target is an aten overload of
     :data:`REWRITES` as the equivalent torch-level call; returns gm (recompiled when a node
-    changed). In-place overloads (add_, relu_, ...) become their out-of-place function
-    except relu_, which the DAG knows in place: an in-place write on a tensor that is read
-    again later would make the rewritten graph compute something else, and the DAG's check
-    against the model refuses that graph."""
+    changed). In-place overloads (add_, relu_, ...) become their out-of-place function:
+    :func:`attrbound.interval.aliasing.check_in_place_writes` has refused, on the graph as
+    exported, every write that another alias of its storage reads later, so the out-of-place
+    node computes what the model does."""
     changed = False
     for n in gm.graph.nodes:
         if n.op != "call_function" or n.target not in REWRITES:

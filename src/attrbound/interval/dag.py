@@ -53,7 +53,7 @@ __all__ = ["SUPPORTED_NODES", "Dag", "Node", "network"]
 
 SUPPORTED_NODES = (
     "modules " + SUPPORTED_LAYERS.split(" (")[0] + ", MaxPool2d, AdaptiveAvgPool2d, Identity, "
-    "Dropout (eval); functions relu, leaky_relu, tanh, sigmoid, softplus, elu, gelu, "
+    "Dropout (eval); functions relu, leaky_relu, tanh, sigmoid, softplus, elu, gelu, silu, "
     "max_pool2d, avg_pool2d, "
     "adaptive_avg_pool2d, mean, conv2d / linear / batch_norm (eval) with the model's "
     "parameters, add / + of two tensors, + - * / of a tensor and a constant "
@@ -374,6 +374,8 @@ class Dag:
             return nn.LeakyReLU(_arg(n, 1, "negative_slope", 0.01), _arg(n, 2, "inplace", False))
         if target is F.gelu:
             return nn.GELU(approximate=n.kwargs.get("approximate", "none"))
+        if target in (F.silu, "silu"):
+            return nn.SiLU()
         if target in (F.max_pool2d, torch.max_pool2d):
             return nn.MaxPool2d(_arg(n, 1, "kernel_size", None), _arg(n, 2, "stride", None),
                                 _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1),

@@ -4,7 +4,7 @@
 - :mod:`.affine`: Linear, Conv2d, BatchNorm1d / BatchNorm2d (eval);
 - :mod:`.pooling`: AvgPool2d;
 - :mod:`.reshape`: Flatten, and Identity / eval-mode Dropout (skipped);
-- :mod:`.activations`: ReLU, Softplus, ELU, Tanh, Sigmoid.
+- :mod:`.activations`: ReLU, LeakyReLU, Softplus, ELU, Tanh, Sigmoid, GELU, SiLU.
 
 Importing this package registers every op. To support a new layer, write its class in its
 family's file (or a new one imported here), decorate it with ``@register(nn.TheModule)`` and
@@ -19,6 +19,7 @@ from attrbound.interval.ops.activations import (
     LeakyReLU,
     ReLU,
     Sigmoid,
+    SiLU,
     Softplus,
     Tanh,
 )
@@ -30,12 +31,13 @@ from attrbound.interval.ops.reshape import Flatten, Skip
 __all__ = [
     "ELU", "GELU", "REGISTRY", "SUPPORTED_LAYERS", "Activation", "AffineOp", "AvgPool2d",
     "BatchNorm", "LeakyReLU",
-    "Builder", "Conv2d", "Flatten", "Linear", "ReLU", "Sigmoid", "Skip", "Softplus", "Tanh",
+    "Builder", "Conv2d", "Flatten", "Linear", "ReLU", "SiLU", "Sigmoid", "Skip", "Softplus", "Tanh",
     "lookup", "register",
 ]
 
 SUPPORTED_LAYERS = (
     "Linear, Conv2d, Flatten, AvgPool2d, BatchNorm1d, BatchNorm2d (eval), ReLU, LeakyReLU, "
-    "Softplus, ELU, Tanh, Sigmoid, GELU (Identity and eval-mode Dropout are skipped; nested "
+    "Softplus, ELU, Tanh, Sigmoid, GELU, SiLU (Identity and eval-mode Dropout are skipped; "
+    "nested "
     "nn.Sequential is allowed)"
 )

@@ -1,18 +1,20 @@
-"""Elementwise activations: ReLU, LeakyReLU, Softplus, ELU, Tanh, Sigmoid, GELU.
+"""Elementwise activations: ReLU, LeakyReLU, Softplus, ELU, Tanh, Sigmoid, GELU, SiLU.
 
 Derivatives from each neuron's interval (docs/design.md section 4): ReLU {0}, {1} or [0, 1];
 LeakyReLU {a}, {1} or their hull; softplus sigmoid(beta q) (monotone; 1 above torch's
 threshold); ELU 1 or alpha e^q; tanh 1 - tanh^2 and sigmoid s (1 - s) (even, maximal at 0);
-GELU Phi(q) + q phi(q) (increasing on [-sqrt 2, sqrt 2], decreasing outside). Linear
+GELU Phi(q) + q phi(q) (increasing on [-sqrt 2, sqrt 2], decreasing outside); SiLU
+s (1 + q (1 - s)), s = sigmoid(q) (increasing on about [-2.40, 2.40]). Linear
 relaxations: ReLU the triangle; convex LeakyReLU (a <= 1), softplus, ELU (alpha <= 1) and
 S-shaped tanh / sigmoid by the base class
-(:meth:`attrbound.interval.ops.base.Activation.relax`); GELU, which is not monotone, by its
-constant range.
+(:meth:`attrbound.interval.ops.base.Activation.relax`); GELU and SiLU, which are not
+monotone, by their constant range.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +23,7 @@ from attrbound.errors import AttrboundError
 from attrbound.interval.ops.base import Activation, register
 from attrbound.interval.rounding import K_FUNC, Units, down, mag, outward, up
 
-__all__ = ["ELU", "GELU", "LeakyReLU", "ReLU", "Sigmoid", "Softplus", "Tanh"]
+__all__ = ["ELU", "GELU", "LeakyReLU", "ReLU", "SiLU", "Sigmoid", "Softplus", "Tanh"]
 
 
 @register(nn.ReLU)
@@ -208,46 +210,80 @@ class Sigmoid(Tanh):
         return outward(dlo, dhi, err)
 
 
+def _newton(f: Callable[[float], float], df: Callable[[float], float], q: float) -> float:
+    """A root of f near q (float64 Newton steps)."""
+    for _ in range(40):
+        q -= f(q) / df(q)
+    return q
+
+
+class _OneDip(Activation):
+    """A smooth activation q g(q) with one minimum (at ``argmin``, value ``minimum``) and a
+    slope that increases between its extremes at ``slope_at`` = (a, b) and decreases outside
+    them (``slope_min`` at a, ``slope_max`` at b): GELU and SiLU. Not monotone, so ``range``
+    takes the minimum where an interval contains the minimiser, the slope range takes the
+    slope's extremes where an interval contains a or b, the Lipschitz constant is max |slope|,
+    and the relaxation is the constant range (kind "none"). Each constant is the float64
+    value at a float64 approximation of its extremiser, moved outward by 1e-12. Rounding:
+    the value's error is charged relative to |q| as well as to the value (GELU's
+    1 + erf(q / sqrt 2) cancels for q << 0; SiLU's q / (1 + exp(-q)) carries exp's condition
+    |q| u, weighted by e / (1 + e)^2 <= 1 / 4, e = exp(-q)): K_FUNC u (|value| + |q|); the
+    slope's K_FUNC u (1 + |q|).
+    """
+
+    kind = "none"
+    argmin = minimum = slope_min = slope_max = 0.0
+    slope_at = (0.0, 0.0)
+
+    def value_err(self, vmag: Tensor, xmag: Tensor, units: Units) -> Tensor:
+        return K_FUNC * units.u * (vmag + xmag) + units.abs_tiny(1)
+
+    def range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        vlo, vhi = self.value(lo), self.value(hi)
+        inside = (lo <= self.argmin) & (hi >= self.argmin)
+        rmin = torch.where(inside, torch.full_like(lo, self.minimum), torch.minimum(vlo, vhi))
+        rmax = torch.maximum(vlo, vhi)
+        err = self.value_err(mag(rmin, rmax), mag(lo, hi), units)
+        return outward(rmin, rmax, err)
+
+    def deriv_range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        dl, dh = self.slope(lo), self.slope(hi)
+        a, b = self.slope_at
+        dlo = torch.where((lo <= a) & (hi >= a), torch.full_like(lo, self.slope_min),
+                          torch.minimum(dl, dh))
+        dhi = torch.where((lo <= b) & (hi >= b), torch.full_like(lo, self.slope_max),
+                          torch.maximum(dl, dh))
+        return outward(dlo, dhi, K_FUNC * units.u * (1 + mag(lo, hi)) + units.abs_tiny(2))
+
+    def lipschitz(self, lo: Tensor, hi: Tensor, units: Units) -> Tensor:
+        dlo, dhi = self.deriv_range(lo, hi, units)
+        return mag(dlo, dhi)
+
+
+def _phi(x: float) -> float:
+    return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
 def _gelu(x: float) -> float:
     return 0.5 * x * math.erfc(-x / math.sqrt(2))
 
 
 def _gelu_slope(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2)) + x * math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _gelu_argmin() -> float:
-    """The minimiser of GELU (about -0.7518), where Phi(q) + q phi(q) = 0: Newton's method on
-    the slope, whose derivative is phi(q) (2 - q^2)."""
-    q = -0.75
-    for _ in range(30):
-        q -= _gelu_slope(q) / (math.exp(-0.5 * q * q) / math.sqrt(2 * math.pi) * (2 - q * q))
-    return q
-
-
-#: GELU's minimiser, its minimum and the extremes of its slope (at -+sqrt 2), each value
-#: moved outward by 1e-12 (float64 evaluation at a float64 approximation of the extremiser)
-_GELU_ARGMIN = _gelu_argmin()
-_GELU_MIN = _gelu(_GELU_ARGMIN) - 1e-12
-_GELU_SLOPE_MIN = _gelu_slope(-math.sqrt(2)) - 1e-12
-_GELU_SLOPE_MAX = _gelu_slope(math.sqrt(2)) + 1e-12
+    return 0.5 * math.erfc(-x / math.sqrt(2)) + x * _phi(x)
 
 
 @register(nn.GELU)
-class GELU(Activation):
-    """torch.nn.GELU (approximate="none"): q Phi(q), Phi the standard normal CDF.
-
-    Not monotone (minimum about -0.17 at q about -0.75), so ``range`` takes the minimum where
-    an interval contains it, the slope range takes -+sqrt 2 (the slope's extremes, -0.129 and
-    1.129) where an interval contains them, the Lipschitz constant is max |slope|, and the
-    relaxation is the constant range (kind "none"). Rounding: torch evaluates
-    0.5 q (1 + erf(q / sqrt 2)), whose error is relative to |q| rather than to the value (the
-    sum 1 + erf cancels for q << 0): K_FUNC u (|value| + |q|); the slope
-    Phi + q phi likewise within K_FUNC u (1 + |q|).
-    """
+class GELU(_OneDip):
+    """torch.nn.GELU (approximate="none"): q Phi(q), Phi the standard normal CDF; minimum
+    about -0.17 at q about -0.7518 (Newton on the slope, whose derivative is phi(q) (2 - q^2)),
+    slope extremes -0.129 and 1.129 at -+sqrt 2. torch evaluates 0.5 q (1 + erf(q / sqrt 2))."""
 
     name = "GELU"
-    kind = "none"
+    argmin = _newton(_gelu_slope, lambda q: _phi(q) * (2 - q * q), -0.75)
+    minimum = _gelu(argmin) - 1e-12
+    slope_at = (-math.sqrt(2), math.sqrt(2))
+    slope_min = _gelu_slope(-math.sqrt(2)) - 1e-12
+    slope_max = _gelu_slope(math.sqrt(2)) + 1e-12
 
     def __init__(self, m: nn.GELU) -> None:
         if m.approximate != "none":
@@ -261,26 +297,44 @@ class GELU(Activation):
         return 0.5 * torch.erfc(-x / math.sqrt(2)) + x * torch.exp(-0.5 * x * x) / math.sqrt(
             2 * math.pi)
 
-    def value_err(self, vmag: Tensor, xmag: Tensor, units: Units) -> Tensor:
-        return K_FUNC * units.u * (vmag + xmag) + units.abs_tiny(1)
 
-    def range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
-        vlo, vhi = self.value(lo), self.value(hi)
-        inside = (lo <= _GELU_ARGMIN) & (hi >= _GELU_ARGMIN)
-        rmin = torch.where(inside, torch.full_like(lo, _GELU_MIN), torch.minimum(vlo, vhi))
-        rmax = torch.maximum(vlo, vhi)
-        err = self.value_err(mag(rmin, rmax), mag(lo, hi), units)
-        return outward(rmin, rmax, err)
+def _sig(x: float) -> float:
+    return 0.5 * (1 + math.tanh(0.5 * x))
 
-    def deriv_range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
-        dl, dh = self.slope(lo), self.slope(hi)
-        r2 = math.sqrt(2)
-        dlo = torch.where((lo <= -r2) & (hi >= -r2), torch.full_like(lo, _GELU_SLOPE_MIN),
-                          torch.minimum(dl, dh))
-        dhi = torch.where((lo <= r2) & (hi >= r2), torch.full_like(lo, _GELU_SLOPE_MAX),
-                          torch.maximum(dl, dh))
-        return outward(dlo, dhi, K_FUNC * units.u * (1 + mag(lo, hi)) + units.abs_tiny(2))
 
-    def lipschitz(self, lo: Tensor, hi: Tensor, units: Units) -> Tensor:
-        dlo, dhi = self.deriv_range(lo, hi, units)
-        return mag(dlo, dhi)
+def _silu(x: float) -> float:
+    return x * _sig(x)
+
+
+def _silu_slope(x: float) -> float:
+    return _sig(x) * (1 + x * (1 - _sig(x)))
+
+
+def _silu_curvature(x: float) -> float:
+    """SiLU'' = s (1 - s) (2 + q (1 - 2 s)), s = sigmoid(q)."""
+    s = _sig(x)
+    return s * (1 - s) * (2 + x * (1 - 2 * s))
+
+
+@register(nn.SiLU)
+class SiLU(_OneDip):
+    """torch.nn.SiLU (swish): q sigmoid(q); minimum about -0.2785 at q about -1.2785 (where
+    1 + q (1 - sigmoid q) = 0), slope extremes about -0.0998 and 1.0998 at q about -+2.3994
+    (where 2 + q (1 - 2 sigmoid q) = 0). torch evaluates q / (1 + exp(-q)) and the slope
+    s (1 + q (1 - s))."""
+
+    name = "SiLU"
+    argmin = _newton(_silu_slope, _silu_curvature, -1.3)
+    minimum = _silu(argmin) - 1e-12
+    _b = _newton(lambda q: 2 + q * (1 - 2 * _sig(q)),
+                 lambda q: (1 - 2 * _sig(q)) - 2 * q * _sig(q) * (1 - _sig(q)), 2.4)
+    slope_at = (-_b, _b)
+    slope_min = _silu_slope(-_b) - 1e-12
+    slope_max = _silu_slope(_b) + 1e-12
+
+    def value(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x)
+
+    def slope(self, x: Tensor) -> Tensor:
+        s = torch.sigmoid(x)
+        return s * (1 + x * (1 - s))
