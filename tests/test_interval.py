@@ -1587,3 +1587,88 @@ def test_graphs_that_cannot_run_on_the_checked_batch_are_one_sentence(tmp_path):
         assert torch.equal(without(z), with_ones(z))
     a = _check_sound(without, z, 0.02, "inf", "saliency", "crown", seed=5)
     assert _same_intervals(a, interval_bound(with_ones, z, eps=0.02, norm="inf"))
+
+
+def _densenet_head(m, h):  # in place, then the pre-write tensor's size (not its values)
+    out = F.relu(h, inplace=True)
+    return m.b(out.view(h.size(0), -1))
+
+
+def _dropout_in_place_eval(m, h):  # eval dropout writes nothing; h is read again
+    return m.b(F.dropout(h, 0.5, False, True)) + m.c(h)
+
+
+def _leaky_and_elu_in_place(m, h):
+    return m.b(F.elu(F.leaky_relu(h, 0.1, inplace=True) * 1.5, 0.5, inplace=True))
+
+
+def _dropout_then_write(m, h):  # eval dropout returns h itself: relu_ writes into h
+    d = torch.relu_(F.dropout(h, 0.5, False))
+    return m.b(d) + m.c(h)
+
+
+def _writes_into_input(m, h):
+    return m.b(h)
+
+
+class _WritesInput(_Head):
+    def forward(self, x):
+        x.sub_(0.5)
+        return self.b(self.a(x.flatten(1)))
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h):
+        return torch.relu(h)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+@pytest.mark.parametrize("exported", [False, True], ids=["eager", "exported"])
+def test_in_place_rules_accept_sound_models_and_refuse_hidden_changes(exported, tmp_path):
+    """Accepted, sound, the same in the export: an in-place ReLU whose input's size is asked
+    afterwards (old DenseNet head), eval-mode in-place dropout with its input read again,
+    in-place leaky_relu / elu. Refused: eval dropout (aten's schema hides that it returns its
+    input) followed by relu_ with the input read again; a write into the model's input."""
+    x = _inputs(5, dtype=torch.float32)
+    for i, body in enumerate((_densenet_head, _dropout_in_place_eval, _leaky_and_elu_in_place)):
+        torch.manual_seed(i)
+        eager = _Head(body).eval()
+        model = _exported(eager, x, tmp_path / f"{i}.pt2") if exported else eager
+        res = _check_sound(model, x, 0.02, "inf", "saliency", "crown", seed=i)
+        if exported:
+            assert _same_intervals(res, interval_bound(eager, x, eps=0.02, norm="inf"))
+    torch.manual_seed(7)
+    model = _Head(_dropout_then_write).eval()
+    if exported:
+        model = _exported(model, x, tmp_path / "drop.pt2")
+    with pytest.raises(AttrboundError, match="writes in place"):
+        interval_bound(model, x, eps=0.02, norm="inf")
+    if not exported:  # torch.export refuses a write into the input itself
+        with pytest.raises(AttrboundError, match="writes in place into the model's input"):
+            interval_bound(_WritesInput(_writes_into_input).eval(), x.clone(), eps=0.02,
+                           norm="inf")
+
+
+def test_hooks_and_custom_autograd_functions_are_refused():
+    """A forward hook (on a chain's layer and in a graph) and a custom autograd.Function
+    (a straight-through ReLU: the traced forward's derivative is not its backward) would be
+    bounded as the layers are defined, not as they compute: one sentence each."""
+    x = _inputs(5, dtype=torch.float32)
+    chain = nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.Softplus(), nn.Linear(8, 3)).eval()
+    handle = chain[1].register_forward_hook(lambda mod, args, out: out - 1.0)
+    with pytest.raises(AttrboundError, match="layer 1 has a forward or backward hook"):
+        interval_bound(chain, x, eps=0.02, norm="inf")
+    handle.remove()
+    interval_bound(chain, x, eps=0.02, norm="inf")
+    torch.manual_seed(0)
+    graph = _Head(lambda m, h: m.b(torch.relu(h))).eval()
+    graph.a.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+    with pytest.raises(AttrboundError, match="layer a has a forward"):
+        interval_bound(graph, x, eps=0.02, norm="inf")
+    ste = _Head(lambda m, h: m.b(_StraightThrough.apply(h))).eval()
+    with pytest.raises(AttrboundError, match="custom autograd.Function"):
+        interval_bound(ste, x, eps=0.02, norm="inf")

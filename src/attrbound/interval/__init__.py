@@ -145,9 +145,11 @@ def _prepare(
     attr = resolve_attribution(attribution, model, attribution_options)
     check_in_domain(x, domain)
     _check_eval(model)
+    _refuse_hooks(model)
     xd = x.detach().to(torch.float64)
     m64 = _float64_copy(model)
-    net = network(m64, xd, x.device)
+    net = network(m64, xd, x.device)  # checked to reproduce the model's logits in float64
+    _refuse_custom_gradients(m64, xd)
     tgt = resolve_target(model, x, target)
     units = units_for(model, x, evaluation)
     inset = ball_set(xd, eps, norm, domain)
@@ -171,8 +173,13 @@ def _check_map_at_x(attr: Attribution, x64: Tensor, target: Tensor, plo: Tensor,
     the map's scale, far below the model's own rounding, which the intervals contain). The
     network's logits were checked when it was built; this catches what changes only the
     gradient: a detach, or a no_grad region, that tracing cannot see."""
-    with torch.enable_grad():
-        ref = attr.attribute(x64, target).detach()
+    try:
+        with torch.enable_grad():
+            ref = attr.attribute(x64, target).detach()
+    except RuntimeError as exc:  # the model's own autograd fails (an in-place op it needs)
+        raise AttrboundError(
+            f"the model's own attribution at x could not be computed ({str(exc).splitlines()[0]}"
+            "); an in-place op on a tensor its gradient needs?") from None
     scale = ref.flatten(1).abs().amax(dim=1).clamp_min(1e-300)
     slack = 1e-9 * scale.reshape((-1,) + (1,) * (ref.dim() - 1))
     miss = torch.maximum(plo - slack - ref, ref - phi - slack).clamp_min(0)
@@ -180,9 +187,54 @@ def _check_map_at_x(attr: Attribution, x64: Tensor, target: Tensor, plo: Tensor,
         worst = float((miss.flatten(1).amax(dim=1) / scale).max())
         raise AttrboundError(
             "the interval method's network does not reproduce the model's attribution at x "
-            f"(off by {worst:.3g} of the map's scale), though it reproduces its logits: a "
-            "detach or a no_grad region in the forward changes the gradient where tracing "
-            "cannot see it; remove it to bound this model.")
+            f"(off by {worst:.3g} of the map's scale): something in the forward changes the "
+            "gradient where tracing cannot see it (a no_grad region, a hook, a custom "
+            "autograd.Function); remove it to bound this model.")
+
+
+def _refuse_hooks(model: nn.Module) -> None:
+    """Refuse a model with forward or backward hooks (on a layer or global): the bound
+    follows the layers as defined, and a hook may change their outputs or gradients. The
+    hooks torch.export puts on the graph module it returns (input checks, the pytree of the
+    output) are torch's own and change no value."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+    def users(hooks: Any) -> list[Any]:
+        return [h for h in (hooks or {}).values()
+                if not str(getattr(h, "__module__", "")).startswith("torch.export.")]
+
+    glob = nn.modules.module
+    if any(users(getattr(glob, f"_global{k}", None)) for k in kinds):
+        raise AttrboundError("global module hooks are registered (torch.nn.modules.module."
+                             "register_module_forward_hook ...); remove them to bound a model "
+                             "with the interval method.")
+    for name, m in model.named_modules():
+        if any(users(getattr(m, k, None)) for k in kinds):
+            raise AttrboundError(
+                f"layer {name or type(m).__name__} has a forward or backward hook; the "
+                "interval method bounds the layers as defined, not what a hook changes: "
+                "remove it (handle.remove()).")
+
+
+def _refuse_custom_gradients(model: nn.Module, x64: Tensor) -> None:
+    """Refuse a model whose autograd graph at x holds a custom ``torch.autograd.Function``:
+    tracing sees its forward, but its gradient is its own ``backward``, which need not be
+    the forward's derivative anywhere but at x."""
+    z = x64[:1].clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(z)
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+            raise AttrboundError(
+                f"the model computes part of its output with a custom autograd.Function "
+                f"({type(fn).__name__}); the interval method bounds the derivative of the "
+                "forward it traces, which that Function's backward need not be.")
+        stack.extend(f for f, _ in fn.next_functions)
 
 
 def _check_eval(model: nn.Module) -> None:

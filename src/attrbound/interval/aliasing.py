@@ -10,8 +10,12 @@ in the model but the old one in the DAG, and the logits check at x need not noti
 written in place through a view is the identity at x when its units are positive there).
 
 So a write is refused unless no member of T's alias class that exists before it is read
-after it: the write must be the last use of that storage apart from its own result. The
-check is conservative (a reshape that copies counts as a view) and needs no shapes.
+after it: the write must be the last use of that storage apart from its own result. Asking for
+a shape (``size``, ``dim``, ``.shape``) reads no values and does not count. A write into the
+model's input is refused too (it would change the caller's tensor and the point the bound is
+centred at). The check is conservative (a reshape that copies counts as a view; so does
+eval-mode dropout, which returns its input and writes nothing even with ``inplace=True``) and
+needs no shapes.
 """
 
 from __future__ import annotations
@@ -33,8 +37,13 @@ _VIEWS = frozenset({
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose",
     "permute", "squeeze", "unsqueeze", "expand", "expand_as", "contiguous", "detach", "t",
     "narrow", "select", "split", "chunk", "unbind", "as_strided", "diagonal", "movedim",
-    "swapaxes", "swapdims", "getitem", "__getitem__", "alias", "dropout", "real", "imag",
+    "swapaxes", "swapdims", "getitem", "__getitem__", "alias", "real", "imag",
 })
+#: eval-mode dropout returns its input (aten's schema does not say so) and writes nothing
+_DROPOUTS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
+                       "dropout1d", "dropout2d", "dropout3d"})
+#: reads of a tensor's shape, not of its values
+_SHAPE_QUERIES = frozenset({"size", "dim", "ndimension", "sym_size", "numel"})
 _AUGMENTED = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d,
                  nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -64,7 +73,8 @@ def _inplace_flag(n: fx.Node) -> bool:
 def _writes(n: fx.Node, gm: fx.GraphModule) -> bool:
     """n writes into the storage of its first argument."""
     if n.op == "call_module":
-        return bool(getattr(gm.get_submodule(str(n.target)), "inplace", False))
+        m = gm.get_submodule(str(n.target))
+        return bool(getattr(m, "inplace", False)) and not isinstance(m, _VIEW_MODULES)
     if n.op == "call_method":
         name = str(n.target)
         return name in ("__iadd__", "__isub__", "__imul__", "__itruediv__") or (
@@ -73,6 +83,8 @@ def _writes(n: fx.Node, gm: fx.GraphModule) -> bool:
         return False
     if n.target in _AUGMENTED:
         return True
+    if _name(n.target).rstrip("_") in _DROPOUTS:
+        return False
     if isinstance(n.target, torch._ops.OpOverload):
         args = n.target._schema.arguments
         return bool(args) and args[0].alias_info is not None and args[0].alias_info.is_write
@@ -89,8 +101,18 @@ def _aliases(n: fx.Node, gm: fx.GraphModule) -> bool:
         return False
     if isinstance(n.target, torch._ops.OpOverload):
         rets = n.target._schema.returns
-        return bool(rets) and rets[0].alias_info is not None
-    return _name(n.target) in _VIEWS
+        if bool(rets) and rets[0].alias_info is not None:
+            return True
+    name = _name(n.target)
+    return name in _VIEWS or name.rstrip("_") in _DROPOUTS
+
+
+def _reads_values(u: fx.Node) -> bool:
+    """u reads the values of its tensor arguments (not only their shape)."""
+    if u.op in ("call_method", "call_function") and _name(u.target) in _SHAPE_QUERIES:
+        return False
+    return not (u.op == "call_function" and u.target is getattr and len(u.args) > 1
+                and u.args[1] in ("shape", "ndim", "dtype", "device"))
 
 
 def _first_node(n: fx.Node) -> fx.Node | None:
@@ -114,10 +136,15 @@ def check_in_place_writes(gm: fx.GraphModule) -> None:
         if target is None or not _writes(n, gm):
             continue
         base, at = root[target], order[n]
+        if base.op == "placeholder":
+            raise AttrboundError(
+                f"node {n.name} writes in place into the model's input; the interval method "
+                "bounds the model around the caller's x: write that op out of place "
+                "(x = x - mean).")
         for member in nodes[:at]:
             if root[member] is not base:
                 continue
-            late = [u for u in member.users if order[u] > at]
+            late = [u for u in member.users if order[u] > at and _reads_values(u)]
             if late:
                 raise AttrboundError(
                     f"node {n.name} writes in place into {target.name}, whose storage "
