@@ -1654,9 +1654,10 @@ def test_in_place_rules_accept_sound_models_and_refuse_hidden_changes(exported, 
 
 
 def test_hooks_and_custom_autograd_functions_are_refused():
-    """A forward hook (on a chain's layer and in a graph) and a custom autograd.Function
-    (a straight-through ReLU: the traced forward's derivative is not its backward) would be
-    bounded as the layers are defined, not as they compute: one sentence each."""
+    """A forward hook (on a chain's layer and in a graph), a custom autograd.Function (a
+    straight-through ReLU: the traced forward's derivative is not its backward) and a
+    no_grad region A(x) cannot reveal would be bounded as the layers are defined, not as they
+    compute: one sentence each."""
     x = _inputs(5, dtype=torch.float32)
     chain = nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.Softplus(), nn.Linear(8, 3)).eval()
     handle = chain[1].register_forward_hook(lambda mod, args, out: out - 1.0)
@@ -1672,3 +1673,10 @@ def test_hooks_and_custom_autograd_functions_are_refused():
     ste = _Head(lambda m, h: m.b(_StraightThrough.apply(h))).eval()
     with pytest.raises(AttrboundError, match="custom autograd.Function"):
         interval_bound(ste, x, eps=0.02, norm="inf")
+    # a no_grad branch whose gradient is 0 at x (its ReLU units are all off there), so A(x)
+    # agrees: seen by the forward pass with gradients disabled inside
+    dead = _Head(_no_grad_branch).eval()
+    with torch.no_grad():
+        dead.a.bias -= dead.a(x.flatten(1)).max(0).values + 0.005
+    with pytest.raises(AttrboundError, match="gradients disabled"):
+        interval_bound(dead, x, eps=0.02, norm="inf")

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from attrbound._validate import (
     check_batch,
@@ -149,7 +150,7 @@ def _prepare(
     xd = x.detach().to(torch.float64)
     m64 = _float64_copy(model)
     net = network(m64, xd, x.device)  # checked to reproduce the model's logits in float64
-    _refuse_custom_gradients(m64, xd)
+    _refuse_hidden_gradients(m64, xd)
     tgt = resolve_target(model, x, target)
     units = units_for(model, x, evaluation)
     inset = ball_set(xd, eps, norm, domain)
@@ -216,13 +217,38 @@ def _refuse_hooks(model: nn.Module) -> None:
                 "remove it (handle.remove()).")
 
 
-def _refuse_custom_gradients(model: nn.Module, x64: Tensor) -> None:
-    """Refuse a model whose autograd graph at x holds a custom ``torch.autograd.Function``:
-    tracing sees its forward, but its gradient is its own ``backward``, which need not be
-    the forward's derivative anywhere but at x."""
+class _GradModeWatch(TorchFunctionMode):
+    """Notes whether any torch function of a forward pass runs with gradients disabled."""
+
+    off = False
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        if not torch.is_grad_enabled():
+            self.off = True
+        return func(*args, **(kwargs or {}))
+
+
+def _refuse_hidden_gradients(model: nn.Module, x64: Tensor) -> None:
+    """Refuse a model whose gradient is not the derivative of the forward that tracing sees:
+    operations run with gradients disabled (a ``torch.no_grad()`` region, which fx does not
+    record), or a custom ``torch.autograd.Function`` in its autograd graph at x (its gradient
+    is its own ``backward``, which need not be the forward's derivative anywhere but at x).
+    One forward pass of the first input."""
     z = x64[:1].clone().requires_grad_(True)
-    with torch.enable_grad():
+    watch = _GradModeWatch()
+    with torch.enable_grad(), watch:
         out = model(z)
+    _refuse_custom_functions(out)
+    if watch.off:  # (a custom Function's forward runs so too: refused above)
+        raise AttrboundError(
+            "the model's forward runs operations with gradients disabled (a torch.no_grad() "
+            "region); the interval method bounds the derivative of everything the forward "
+            "computes: remove that region.")
+
+
+def _refuse_custom_functions(out: Tensor) -> None:
+    """Refuse a custom autograd.Function anywhere in the autograd graph of ``out``."""
     seen, stack = set(), [out.grad_fn]
     while stack:
         fn = stack.pop()
