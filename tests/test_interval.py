@@ -31,7 +31,7 @@ from attrbound.interval import attribution_intervals, interval_bound
 from attrbound.interval.rounding import units_for as _units_for
 from attrbound.results import cosine_from_euclidean
 
-ACTS = ("relu", "leaky_relu", "softplus", "elu", "tanh", "sigmoid", "gelu", "silu")
+ACTS = ("relu", "leaky_relu", "softplus", "elu", "tanh", "sigmoid", "gelu", "silu", "hardtanh")
 NAMES = ("saliency", "input_x_gradient", "integrated_gradients")
 
 
@@ -48,6 +48,8 @@ def _act(name: str, param: float) -> nn.Module:
         return nn.GELU()
     if name == "silu":
         return nn.SiLU()
+    if name == "hardtanh":  # kinks not representable in float32, both reached by the nets
+        return nn.Hardtanh(-0.3 * param, 0.7 * param)
     return nn.Tanh() if name == "tanh" else nn.Sigmoid()
 
 
@@ -868,18 +870,20 @@ def test_result_says_its_guarantee_is_deterministic():
 # ----------------------------------------------------------------------------------------
 
 ACT_MODULES = [nn.ReLU(), nn.LeakyReLU(0.1), nn.LeakyReLU(2.0), nn.Softplus(beta=3.0),
-               nn.ELU(), nn.ELU(alpha=2.0), nn.Tanh(), nn.Sigmoid(), nn.GELU(), nn.SiLU()]
+               nn.ELU(), nn.ELU(alpha=2.0), nn.Tanh(), nn.Sigmoid(), nn.GELU(), nn.SiLU(),
+               nn.ReLU6(), nn.Hardtanh(-0.3, 0.7)]
 
 
 def _act_intervals() -> tuple[torch.Tensor, torch.Tensor]:
     """Intervals [lo, hi] [K]: random ones, and narrow ones around GELU's minimiser
     (-0.7518), its slope's extremes (-+sqrt 2), SiLU's minimiser (-1.2785) and slope extremes
-    (-+2.3994) and the kink at 0, where a range taken from the end points alone misses the
-    extreme value."""
+    (-+2.3994) and the kinks at 0, 6, -0.3 and 0.7 (ReLU, ReLU6, Hardtanh(-0.3, 0.7)), where a
+    range taken from the end points alone misses the extreme value."""
     g = torch.Generator().manual_seed(0)
     c = torch.cat([6 * torch.randn(200, generator=g, dtype=torch.float64),
                    torch.tensor([-0.7518, -math.sqrt(2), math.sqrt(2), 0.0, -0.75, 1.41,
-                                 -1.2785, -2.3994, 2.3994, -1.27], dtype=torch.float64)
+                                 -1.2785, -2.3994, 2.3994, -1.27, 6.0, -0.3, 0.7],
+                                dtype=torch.float64)
                    .repeat(20)])
     w = torch.rand(c.shape, generator=g, dtype=torch.float64) * torch.where(
         torch.arange(c.numel()) < 200, 4.0, 0.5)
@@ -1680,3 +1684,37 @@ def test_hooks_and_custom_autograd_functions_are_refused():
         dead.a.bias -= dead.a(x.flatten(1)).max(0).values + 0.005
     with pytest.raises(AttrboundError, match="gradients disabled"):
         interval_bound(dead, x, eps=0.02, norm="inf")
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, BN, ReLU6, depthwise 3x3, BN, ReLU6, 1x1 project, BN,
+    plus the input; then pooling and a classifier."""
+
+    def __init__(self, c: int = 2, expand: int = 3):
+        super().__init__()
+        h = c * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h),
+            nn.ReLU6(inplace=True), nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(x + self.block(x), 1).flatten(1))
+
+
+def test_mobilenet_v2_block_with_relu6_is_sound_eager_and_exported(tmp_path):
+    """ReLU6 (Hardtanh's clamp, kinks at 0 and 6) in a MobileNetV2 inverted residual with
+    depthwise convolution: sound at sampled points, and the exported graph (aten.hardtanh_)
+    has the eager model's intervals."""
+    torch.manual_seed(0)
+    model = ready(_InvertedResidual())
+    with torch.no_grad():  # scale the expansion up so some units reach the upper kink 6
+        model.block[0].weight.mul_(12.0)
+    x = _inputs(8, dtype=torch.float32)
+    res = _check_sound(model, x, 0.02, "inf", "saliency", "crown", seed=6)
+    graph = _exported(model, x, tmp_path / "mb.pt2")
+    assert _same_intervals(res, interval_bound(graph, x, eps=0.02, norm="inf"))
+    with torch.no_grad():
+        pre = model.block[1](model.block[0](x))
+    assert bool((pre > 6).any()) and bool((pre < 0).any())

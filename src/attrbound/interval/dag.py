@@ -53,7 +53,8 @@ __all__ = ["SUPPORTED_NODES", "Dag", "Node", "network"]
 
 SUPPORTED_NODES = (
     "modules " + SUPPORTED_LAYERS.split(" (")[0] + ", MaxPool2d, AdaptiveAvgPool2d, Identity, "
-    "Dropout (eval); functions relu, leaky_relu, tanh, sigmoid, softplus, elu, gelu, silu, "
+    "Dropout (eval); functions relu, relu6, hardtanh, leaky_relu, tanh, sigmoid, softplus, elu, "
+    "gelu, silu, "
     "max_pool2d, avg_pool2d, "
     "adaptive_avg_pool2d, mean, conv2d / linear / batch_norm (eval) with the model's "
     "parameters, add / + of two tensors, + - * / of a tensor and a constant "
@@ -376,6 +377,10 @@ class Dag:
             return nn.GELU(approximate=n.kwargs.get("approximate", "none"))
         if target in (F.silu, "silu"):
             return nn.SiLU()
+        if target in (F.relu6, "relu6"):
+            return nn.ReLU6()
+        if target is F.hardtanh:
+            return nn.Hardtanh(_arg(n, 1, "min_val", -1.0), _arg(n, 2, "max_val", 1.0))
         if target in (F.max_pool2d, torch.max_pool2d):
             return nn.MaxPool2d(_arg(n, 1, "kernel_size", None), _arg(n, 2, "stride", None),
                                 _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1),

@@ -4,7 +4,8 @@
 - :mod:`.affine`: Linear, Conv2d, BatchNorm1d / BatchNorm2d (eval);
 - :mod:`.pooling`: AvgPool2d;
 - :mod:`.reshape`: Flatten, and Identity / eval-mode Dropout (skipped);
-- :mod:`.activations`: ReLU, LeakyReLU, Softplus, ELU, Tanh, Sigmoid, GELU, SiLU.
+- :mod:`.activations`: ReLU, LeakyReLU, Hardtanh / ReLU6, Softplus, ELU, Tanh, Sigmoid, GELU,
+  SiLU.
 
 Importing this package registers every op. To support a new layer, write its class in its
 family's file (or a new one imported here), decorate it with ``@register(nn.TheModule)`` and
@@ -16,6 +17,7 @@ from __future__ import annotations
 from attrbound.interval.ops.activations import (
     ELU,
     GELU,
+    Hardtanh,
     LeakyReLU,
     ReLU,
     Sigmoid,
@@ -29,14 +31,16 @@ from attrbound.interval.ops.pooling import AvgPool2d
 from attrbound.interval.ops.reshape import Flatten, Skip
 
 __all__ = [
-    "ELU", "GELU", "REGISTRY", "SUPPORTED_LAYERS", "Activation", "AffineOp", "AvgPool2d",
+    "ELU", "GELU", "Hardtanh", "REGISTRY", "SUPPORTED_LAYERS", "Activation", "AffineOp",
+    "AvgPool2d",
     "BatchNorm", "LeakyReLU",
     "Builder", "Conv2d", "Flatten", "Linear", "ReLU", "SiLU", "Sigmoid", "Skip", "Softplus", "Tanh",
     "lookup", "register",
 ]
 
 SUPPORTED_LAYERS = (
-    "Linear, Conv2d, Flatten, AvgPool2d, BatchNorm1d, BatchNorm2d (eval), ReLU, LeakyReLU, "
+    "Linear, Conv2d, Flatten, AvgPool2d, BatchNorm1d, BatchNorm2d (eval), ReLU, ReLU6, "
+    "Hardtanh, LeakyReLU, "
     "Softplus, ELU, Tanh, Sigmoid, GELU, SiLU (Identity and eval-mode Dropout are skipped; "
     "nested "
     "nn.Sequential is allowed)"

@@ -1,14 +1,15 @@
-"""Elementwise activations: ReLU, LeakyReLU, Softplus, ELU, Tanh, Sigmoid, GELU, SiLU.
+"""Elementwise activations: ReLU, LeakyReLU, Hardtanh / ReLU6, Softplus, ELU, Tanh, Sigmoid,
+GELU, SiLU.
 
 Derivatives from each neuron's interval (docs/design.md section 4): ReLU {0}, {1} or [0, 1];
-LeakyReLU {a}, {1} or their hull; softplus sigmoid(beta q) (monotone; 1 above torch's
-threshold); ELU 1 or alpha e^q; tanh 1 - tanh^2 and sigmoid s (1 - s) (even, maximal at 0);
-GELU Phi(q) + q phi(q) (increasing on [-sqrt 2, sqrt 2], decreasing outside); SiLU
-s (1 + q (1 - s)), s = sigmoid(q) (increasing on about [-2.40, 2.40]). Linear
+LeakyReLU {a}, {1} or their hull; Hardtanh / ReLU6 {0}, {1} or [0, 1]; softplus sigmoid(beta q)
+(monotone; 1 above torch's threshold); ELU 1 or alpha e^q; tanh 1 - tanh^2 and sigmoid s (1 -
+s) (even, maximal at 0); GELU Phi(q) + q phi(q) (increasing on [-sqrt 2, sqrt 2], decreasing
+outside); SiLU s (1 + q (1 - s)), s = sigmoid(q) (increasing on about [-2.40, 2.40]). Linear
 relaxations: ReLU the triangle; convex LeakyReLU (a <= 1), softplus, ELU (alpha <= 1) and
 S-shaped tanh / sigmoid by the base class
-(:meth:`attrbound.interval.ops.base.Activation.relax`); GELU and SiLU, which are not
-monotone, by their constant range.
+(:meth:`attrbound.interval.ops.base.Activation.relax`); GELU and SiLU, which are not monotone,
+by their constant range; Hardtanh by the identity between its kinks, else its constant range.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from attrbound.errors import AttrboundError
 from attrbound.interval.ops.base import Activation, register
 from attrbound.interval.rounding import K_FUNC, Units, down, mag, outward, up
 
-__all__ = ["ELU", "GELU", "LeakyReLU", "ReLU", "SiLU", "Sigmoid", "Softplus", "Tanh"]
+__all__ = ["ELU", "GELU", "Hardtanh", "LeakyReLU", "ReLU", "SiLU", "Sigmoid", "Softplus",
+           "Tanh"]
 
 
 @register(nn.ReLU)
@@ -97,6 +99,58 @@ class LeakyReLU(Activation):
         dhi = torch.maximum(torch.where(has_neg, torch.full_like(lo, self.a + slack), -inf),
                             torch.where(has_pos, one, -inf))
         return down(dlo), up(dhi)
+
+
+@register(nn.Hardtanh)
+class Hardtanh(Activation):
+    """clamp(q, m, M) (nn.Hardtanh; nn.ReLU6 is m = 0, M = 6), bounded exactly: the value is
+    a clamp, exact in every format; torch's derivative is 1 for m < q < M and 0 elsewhere
+    (the ends included). The kinks as the model compares with them are m and M rounded to
+    its format, so each is taken as the interval k (1 -/+ 2u) -/+ tiny; a neuron surely
+    between them is the identity (exact relaxation), any other gets its constant range."""
+
+    name = "Hardtanh"
+
+    def __init__(self, m: nn.Hardtanh) -> None:
+        self.low, self.high = float(m.min_val), float(m.max_val)
+        if not self.low < self.high:
+            raise AttrboundError("the interval method needs Hardtanh min_val < max_val, got "
+                                 f"{self.low} and {self.high}.")
+
+    def _kinks(self, units: Units) -> tuple[float, float, float, float]:
+        """(m1, m2, M1, M2): the rounded kinks lie in [m1, m2] and [M1, M2]."""
+        r, t = 2 * units.u, units.tiny
+        m, big = self.low, self.high
+        return (m - abs(m) * r - t, m + abs(m) * r + t, big - abs(big) * r - t,
+                big + abs(big) * r + t)
+
+    def value(self, x: Tensor) -> Tensor:
+        return x.clamp(self.low, self.high)
+
+    def slope(self, x: Tensor) -> Tensor:
+        return ((x > self.low) & (x < self.high)).to(x.dtype)
+
+    def range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        m1, m2, big1, big2 = self._kinks(units)
+        return lo.clamp(m1, big1), hi.clamp(m2, big2)
+
+    def deriv_range(self, lo: Tensor, hi: Tensor, units: Units) -> tuple[Tensor, Tensor]:
+        m1, m2, big1, big2 = self._kinks(units)
+        surely = (lo > m2) & (hi < big1)
+        maybe = (hi > m1) & (lo < big2)
+        return surely.to(lo.dtype), maybe.to(lo.dtype)
+
+    def relax(
+        self, lo: Tensor, hi: Tensor, units: Units
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The identity where [lo, hi] lies surely between the kinks, else the constant
+        range."""
+        m1, m2, big1, big2 = self._kinks(units)
+        rlo, rhi = self.range(lo, hi, units)
+        inside = (lo > m2) & (hi < big1)
+        zero, one = torch.zeros_like(lo), torch.ones_like(lo)
+        a = torch.where(inside, one, zero)
+        return a, torch.where(inside, zero, rlo), a, torch.where(inside, zero, rhi)
 
 
 @register(nn.Softplus)
