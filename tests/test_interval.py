@@ -1688,7 +1688,7 @@ def test_hooks_and_custom_autograd_functions_are_refused():
 
 class _InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand, BN, ReLU6, depthwise 3x3, BN, ReLU6, 1x1 project, BN,
-    plus the input; then pooling and a classifier."""
+    plus the input; then F.relu6 in place, pooling and a classifier."""
 
     def __init__(self, c: int = 2, expand: int = 3):
         super().__init__()
@@ -1700,13 +1700,14 @@ class _InvertedResidual(nn.Module):
         self.head = nn.Linear(c, 3)
 
     def forward(self, x):
-        return self.head(F.adaptive_avg_pool2d(x + self.block(x), 1).flatten(1))
+        h = x + self.block(x)
+        return self.head(F.adaptive_avg_pool2d(F.relu6(h, inplace=True), 1).flatten(1))
 
 
 def test_mobilenet_v2_block_with_relu6_is_sound_eager_and_exported(tmp_path):
     """ReLU6 (Hardtanh's clamp, kinks at 0 and 6) in a MobileNetV2 inverted residual with
-    depthwise convolution: sound at sampled points, and the exported graph (aten.hardtanh_)
-    has the eager model's intervals."""
+    depthwise convolution: sound at sampled points, and the exported graph (aten.hardtanh_,
+    aten.relu6_) has the eager model's intervals."""
     torch.manual_seed(0)
     model = ready(_InvertedResidual())
     with torch.no_grad():  # scale the expansion up so some units reach the upper kink 6

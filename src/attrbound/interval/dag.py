@@ -377,7 +377,7 @@ class Dag:
             return nn.GELU(approximate=n.kwargs.get("approximate", "none"))
         if target in (F.silu, "silu"):
             return nn.SiLU()
-        if target in (F.relu6, "relu6"):
+        if target is F.relu6:
             return nn.ReLU6()
         if target is F.hardtanh:
             return nn.Hardtanh(_arg(n, 1, "min_val", -1.0), _arg(n, 2, "max_val", 1.0))

@@ -279,10 +279,10 @@ class _OneDip(Activation):
     slope's extremes where an interval contains a or b, the Lipschitz constant is max |slope|,
     and the relaxation is the constant range (kind "none"). Each constant is the float64
     value at a float64 approximation of its extremiser, moved outward by 1e-12. Rounding:
-    the value's error is charged relative to |q| as well as to the value (GELU's
-    1 + erf(q / sqrt 2) cancels for q << 0; SiLU's q / (1 + exp(-q)) carries exp's condition
-    |q| u, weighted by e / (1 + e)^2 <= 1 / 4, e = exp(-q)): K_FUNC u (|value| + |q|); the
-    slope's K_FUNC u (1 + |q|).
+    the value within K_FUNC u (|value| + |q|) (GELU's 1 + erf(q / sqrt 2) cancels for q << 0,
+    so its error is relative to |q|; for SiLU's q / (1 + exp(-q)) the |q| term is margin), the
+    slope within K_FUNC u (1 + |q|) (sigmoid's absolute error is multiplied by about |q| in
+    SiLU's s (1 + q (1 - s)); likewise phi's in GELU's Phi + q phi).
     """
 
     kind = "none"
