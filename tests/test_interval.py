@@ -711,6 +711,13 @@ def test_graph_errors_are_clear():
     with pytest.raises(AttrboundError, match="training mode"):
         interval_bound(Drop().double().eval(), x, eps=0.1, norm="inf")
 
+    class Scaled(Drop):  # a scale computed from the weights in every forward
+        def forward(self, z):
+            return self.fc(z.flatten(1)) * self.fc.weight.abs().mean()
+
+    with pytest.raises(AttrboundError, match="from parameters, buffers or constants only"):
+        interval_bound(Scaled().double().eval(), x, eps=0.1, norm="inf")
+
 
 # ----------------------------------------------------------------------------------------
 # Gradient pass: CROWN-style relaxation of (derivative) x (upstream gradient), branching

@@ -202,6 +202,9 @@ class Dag:
                 if uses and not query:
                     raise _unsupported(n, f"function {getattr(n.target, '__name__', n.target)}")
                 continue
+            if n.op != "placeholder" and not any(a in index for a in n.all_input_nodes):
+                raise _unsupported(n, "a tensor computed inside the forward from parameters, "
+                                   "buffers or constants only; store it as a buffer")
             if len(meta.shape) == 0 or int(meta.shape[0]) != 2:
                 raise _unsupported(n, "it mixes examples of the batch")
             shape = tuple(int(s) for s in meta.shape[1:])
