@@ -13,6 +13,12 @@ class AttrboundError(ValueError):
     """A problem with what the caller passed in, explained in one sentence."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty),
+    for quoting a library's error inside one of ours."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def check_choice(kind: str, value: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise one clear sentence."""
     if value not in choices:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from attrbound import surrogate
-from attrbound.errors import AttrboundError, check_choice
+from attrbound.errors import AttrboundError, check_choice, first_line
 from attrbound.surrogate import PIECEWISE_LINEAR  # noqa: F401  (re-exported)
 
 ARCHS = ("mlp", "cnn")
@@ -217,8 +217,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
-        msg = str(exc).splitlines()[0]
-        raise AttrboundError(f"{path}: weights do not fit its architecture ({msg}).") from None
+        raise AttrboundError(f"{path}: weights do not fit its architecture "
+                             f"({first_line(exc)}).") from None
     model.config = config  # type: ignore[assignment]
     return freeze(model.to(device))
 

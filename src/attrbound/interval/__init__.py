@@ -53,7 +53,7 @@ from attrbound._validate import (
     check_positive_int,
 )
 from attrbound.attributions import Attribution, resolve_target
-from attrbound.errors import AttrboundError, check_choice
+from attrbound.errors import AttrboundError, check_choice, first_line
 from attrbound.geometry import parse_norm
 from attrbound.interval.attribution import ATTRIBUTIONS, attribution_box, resolve_attribution
 from attrbound.interval.branching import BRANCHES
@@ -179,8 +179,8 @@ def _check_map_at_x(attr: Attribution, x64: Tensor, target: Tensor, plo: Tensor,
             ref = attr.attribute(x64, target).detach()
     except RuntimeError as exc:  # the model's own autograd fails (an in-place op it needs)
         raise AttrboundError(
-            f"the model's own attribution at x could not be computed ({str(exc).splitlines()[0]}"
-            "); an in-place op on a tensor its gradient needs?") from None
+            f"the model's own attribution at x could not be computed ({first_line(exc)}); an "
+            "in-place op on a tensor its gradient needs?") from None
     scale = ref.flatten(1).abs().amax(dim=1).clamp_min(1e-300)
     slack = 1e-9 * scale.reshape((-1,) + (1,) * (ref.dim() - 1))
     miss = torch.maximum(plo - slack - ref, ref - phi - slack).clamp_min(0)

@@ -30,7 +30,7 @@ from torch import nn
 
 from attrbound.errors import AttrboundError
 
-__all__ = ["check_in_place_writes"]
+__all__ = ["check_in_place_writes", "is_shape_query"]
 
 #: methods and functions whose result may share its first argument's storage
 _VIEWS = frozenset({
@@ -107,12 +107,13 @@ def _aliases(n: fx.Node, gm: fx.GraphModule) -> bool:
     return name in _VIEWS or name.rstrip("_") in _DROPOUTS
 
 
-def _reads_values(u: fx.Node) -> bool:
-    """u reads the values of its tensor arguments (not only their shape)."""
-    if u.op in ("call_method", "call_function") and _name(u.target) in _SHAPE_QUERIES:
-        return False
-    return not (u.op == "call_function" and u.target is getattr and len(u.args) > 1
-                and u.args[1] in ("shape", "ndim", "dtype", "device"))
+def is_shape_query(n: fx.Node) -> bool:
+    """n asks for its argument's shape (``size``, ``dim``, ``.shape``, aten's ``sym_size``),
+    not for its values."""
+    if n.op in ("call_method", "call_function") and _name(n.target) in _SHAPE_QUERIES:
+        return True
+    return (n.op == "call_function" and n.target is getattr and len(n.args) > 1
+            and n.args[1] in ("shape", "ndim", "dtype", "device"))
 
 
 def _first_node(n: fx.Node) -> fx.Node | None:
@@ -144,7 +145,7 @@ def check_in_place_writes(gm: fx.GraphModule) -> None:
         for member in nodes[:at]:
             if root[member] is not base:
                 continue
-            late = [u for u in member.users if order[u] > at and _reads_values(u)]
+            late = [u for u in member.users if order[u] > at and not is_shape_query(u)]
             if late:
                 raise AttrboundError(
                     f"node {n.name} writes in place into {target.name}, whose storage "

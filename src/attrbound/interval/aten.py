@@ -21,21 +21,20 @@ import torch.nn.functional as F
 
 aten = torch.ops.aten
 
+#: a node's new (torch-level function, args, kwargs), or None to keep the aten op
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Call | None]
 
-def _same(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]],
-                                              tuple[Callable[..., Any], tuple[Any, ...],
-                                                    dict[str, Any]]]:
+
+def _same(fn: Callable[..., Any]) -> Rewrite:
     """The overload takes fn's arguments in fn's order."""
     return lambda args, kwargs: (fn, args, kwargs)
 
 
-def _pool(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]],
-                                              tuple[Callable[..., Any], tuple[Any, ...],
-                                                    dict[str, Any]]]:
+def _pool(fn: Callable[..., Any]) -> Rewrite:
     """max_pool2d / avg_pool2d: aten writes the default stride (the kernel size) as []."""
 
-    def rewrite(args: tuple[Any, ...], kwargs: dict[str, Any]
-                ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    def rewrite(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         args, kwargs = tuple(args), dict(kwargs)
         if len(args) > 2 and not args[2]:
             args = args[:2] + (None,) + args[3:]
@@ -46,8 +45,7 @@ def _pool(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]],
     return rewrite
 
 
-def _batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]
-                ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def _batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     """aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
     eps, cudnn_enabled) as F.batch_norm(input, running_mean, running_var, weight, bias,
     training, momentum, eps)."""
@@ -61,8 +59,7 @@ def _batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]
                           given.get("eps", 1e-5)), {}
 
 
-def _elu(args: tuple[Any, ...], kwargs: dict[str, Any]
-         ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None:
+def _elu(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call | None:
     """aten.elu(self, alpha, scale, input_scale) is F.elu(self, alpha) when both scales are 1
     (otherwise it stays unsupported)."""
     scale = args[2] if len(args) > 2 else kwargs.get("scale", 1)
@@ -72,9 +69,8 @@ def _elu(args: tuple[Any, ...], kwargs: dict[str, Any]
     return F.elu, (args[0], args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)), {}
 
 
-#: aten overload -> rewrite(args, kwargs) -> (torch-level function, args, kwargs) or None
-REWRITES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]],
-                             tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None]] = {
+#: aten overload -> its Rewrite
+REWRITES: dict[Any, Rewrite] = {
     aten.conv2d.default: _same(F.conv2d),
     aten.conv2d.padding: _same(F.conv2d),
     aten.linear.default: _same(F.linear),

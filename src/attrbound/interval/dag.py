@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from attrbound.errors import AttrboundError
+from attrbound.errors import AttrboundError, first_line
 from attrbound.intake.model import Normalized
-from attrbound.interval.aliasing import check_in_place_writes
+from attrbound.interval.aliasing import check_in_place_writes, is_shape_query
 from attrbound.interval.aten import to_torch_level
 from attrbound.interval.graph import Net, NotAChain
 from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
@@ -97,10 +97,6 @@ def network(model: nn.Module, x64: Tensor, device: torch.device) -> Net | Dag:
         return Dag(model, x64, device)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _refuse_regions(model: nn.Module) -> None:
     """Refuse a torch.export graph with a higher-order op: a ``no_grad`` or autocast region
     is one (``wrap_with_set_grad_enabled``, ...), and retracing the graph with fx inlines its
@@ -149,19 +145,21 @@ class Dag:
     def __init__(self, model: nn.Module, x64: Tensor, device: torch.device) -> None:
         self.in_shape = tuple(int(s) for s in x64.shape[1:])
         self._device = device
-        inner, scale = (model.model, model) if isinstance(model, Normalized) else (model, None)
+        wrapper = model if isinstance(model, Normalized) else None
+        inner = model if wrapper is None else wrapper.model
         _refuse_regions(inner)
         try:
             gm = fx.symbolic_trace(inner)
         except Exception as exc:  # fx raises many types for untraceable code
             raise AttrboundError(
                 f"the interval method could not trace {type(inner).__name__} with torch.fx "
-                f"({_first_line(exc)}); it needs a forward without data-dependent control flow."
+                f"({first_line(exc)}); it needs a forward without data-dependent control flow."
             ) from None
         check_in_place_writes(gm)
         to_torch_level(gm)
         example = x64[:1].expand((2,) + self.in_shape).clone()
-        self._normalisation = None if scale is None else _normalisation(scale, example, device)
+        self._normalisation = None if wrapper is None else _normalisation(wrapper, example,
+                                                                           device)
         if self._normalisation is not None:
             mean, std = self._normalisation
             example = (example - mean) / std
@@ -170,7 +168,7 @@ class Dag:
         except Exception as exc:  # whatever the graph's own ops raise (ShapeProp wraps it)
             raise AttrboundError(
                 f"the interval method could not run the traced graph of {type(inner).__name__} "
-                f"on a batch of 2 inputs in float64 ({_first_line(exc.__cause__ or exc)}); it "
+                f"on a batch of 2 inputs in float64 ({first_line(exc.__cause__ or exc)}); it "
                 "needs a graph "
                 "that takes any batch size (export with a dynamic batch dimension) and casts "
                 "no dtype."
@@ -196,10 +194,8 @@ class Dag:
             if not isinstance(meta, TensorMetadata):
                 # a size or a shape (used by reshapes) is fine; other non-tensor results of
                 # input-dependent tensors (sort's tuple, ...) are not
-                query = n.target in ("size", "dim", torch.ops.aten.sym_size.int) or (
-                    n.target is getattr and n.args[1] in ("shape", "ndim", "dtype", "device"))
                 uses = [a for a in n.all_input_nodes if a in index]
-                if uses and not query:
+                if uses and not is_shape_query(n):
                     raise _unsupported(n, f"function {getattr(n.target, '__name__', n.target)}")
                 continue
             if n.op != "placeholder" and not any(a in index for a in n.all_input_nodes):
@@ -364,8 +360,7 @@ class Dag:
     def _functional(n: fx.Node, target: Any) -> nn.Module | None:
         """The nn.Module equal to a functional call, or None."""
         if target in _RELU:
-            return nn.ReLU(inplace=bool(n.kwargs.get("inplace", False))
-                           or target in ("relu_", torch.relu_))
+            return nn.ReLU()  # in place or not: aliasing.py has checked the write
         if target in (torch.tanh, F.tanh, "tanh"):
             return nn.Tanh()
         if target in (torch.sigmoid, F.sigmoid, "sigmoid"):
@@ -375,7 +370,7 @@ class Dag:
         if target is F.elu:
             return nn.ELU(_arg(n, 1, "alpha", 1.0))
         if target is F.leaky_relu:
-            return nn.LeakyReLU(_arg(n, 1, "negative_slope", 0.01), _arg(n, 2, "inplace", False))
+            return nn.LeakyReLU(_arg(n, 1, "negative_slope", 0.01))
         if target is F.gelu:
             return nn.GELU(approximate=n.kwargs.get("approximate", "none"))
         if target in (F.silu, "silu"):
@@ -485,7 +480,7 @@ class Dag:
             op = build(m, ins, device, n.name)
         except (RuntimeError, IndexError) as exc:
             raise AttrboundError(f"node {n.name} ({type(m).__name__}) does not accept inputs "
-                                 f"shaped {ins} ({str(exc).splitlines()[0]}).") from None
+                                 f"shaped {ins} ({first_line(exc)}).") from None
         if op is None:
             return src
         if isinstance(op, AffineOp):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from attrbound.errors import AttrboundError
+from attrbound.errors import AttrboundError, first_line
 from attrbound.interval.ops import SUPPORTED_LAYERS, Activation, AffineOp, lookup
 
 __all__ = ["Net", "NotAChain", "leaves"]
@@ -59,7 +59,7 @@ class Net:
             except (RuntimeError, IndexError) as exc:
                 raise AttrboundError(
                     f"layer {path} ({type(m).__name__}) does not accept inputs shaped "
-                    f"{shape} ({str(exc).splitlines()[0]})."
+                    f"{shape} ({first_line(exc)})."
                 ) from None
             if isinstance(node, AffineOp):
                 self.blocks[-1].append(node)
